@@ -1,0 +1,3 @@
+"""openai-relay's ext_authz service: decides allow/deny for Envoy and returns header mutations."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,83 @@
+"""The `authz` command: serve, up, tenant, envoy-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from authz import tenant_cli
+from authz.errors import ConfigError
+from authz.settings import Settings, parse_addr
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from authz.server import serve
+
+    try:
+        overrides: dict[str, object] = {}
+        if args.grpc_addr:
+            overrides["grpc_addr"] = parse_addr("--grpc-addr", args.grpc_addr)
+        settings = Settings.from_env(overrides=overrides)
+    except ConfigError as exc:
+        print(f"authz serve: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from authz.stack import run_up
+
+    return run_up(args.listen, {})
+
+
+def _envoy_config(args: argparse.Namespace) -> int:
+    from authz.envoy_config import EnvoyParams, render
+
+    try:
+        settings = Settings.from_env()
+        listen = parse_addr("--listen", args.listen)
+        admin = parse_addr("--admin", args.admin)
+        authz = parse_addr("--authz", args.authz) if args.authz else settings.grpc_addr
+        text = render(EnvoyParams(
+            listen_host=listen[0], listen_port=listen[1],
+            admin_host=admin[0], admin_port=admin[1],
+            authz_host=authz[0], authz_port=authz[1],
+            upstream_url=settings.upstream_url, upstream_ca_file=settings.upstream_ca_file,
+            check_timeout_s=settings.check_timeout_s,
+            stream_idle_timeout_s=settings.stream_idle_timeout_s,
+        ))
+    except (ConfigError, ValueError) as exc:
+        print(f"authz envoy-config: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authz", description=(
+        "openai-relay: an authenticating OpenAI relay (Envoy + ext_authz + Vault)."))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run the whole stack locally, in the foreground")
+    up.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for the relay")
+    up.set_defaults(handler=_up)
+
+    serve = commands.add_parser("serve", help="run the ext_authz gRPC service alone")
+    serve.add_argument("--grpc-addr", help="HOST:PORT to listen on (AUTHZ_GRPC_ADDR)")
+    serve.set_defaults(handler=_serve)
+
+    envoy = commands.add_parser("envoy-config", help="print the rendered Envoy configuration")
+    envoy.add_argument("--listen", default="0.0.0.0:8080", help="HOST:PORT Envoy listens on")
+    envoy.add_argument("--admin", default="127.0.0.1:9901", help="HOST:PORT of Envoy's admin")
+    envoy.add_argument("--authz", help="HOST:PORT of the authz service (AUTHZ_GRPC_ADDR)")
+    envoy.set_defaults(handler=_envoy_config)
+
+    tenant_cli.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))

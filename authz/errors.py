@@ -1,0 +1,78 @@
+"""Every reason a check can deny, as a type that knows its HTTP status and public body.
+
+    RelayError                  base: status + public message (+ optional safe detail)
+    ├── AuthenticationFailed    401  the credential is missing, malformed, forged or stale
+    ├── ClientIdNotFound        500  a valid identity, but no usable clientId in its claims
+    ├── ApiKeyNotFound          500  a known clientId with no key in Vault
+    └── InternalError           500  we could not decide (Vault or the cert endpoint down, a bug)
+        ├── VaultUnavailable
+        └── CertsUnavailable
+
+The public message is exactly the contract's (shared/DESIGN.md). `reason` is a short
+machine-readable code shared by logs and metrics. `detail` is public too, so it must
+never hold a token, a key or anything read from Vault; internal causes go in `log_detail`.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    status: int = 500
+    public_message: str = "OpenAI proxy internal error"
+    reason: str = "internal_error"
+    #: Whether the public body carries a "details" field (only internal errors do).
+    has_details: bool = False
+
+    def __init__(self, log_detail: str = "", *, detail: str = "") -> None:
+        super().__init__(log_detail or self.reason)
+        self.log_detail = log_detail
+        self.detail = detail
+
+    def body(self) -> dict[str, str]:
+        body = {"error": self.public_message}
+        if self.has_details:
+            body["details"] = self.detail or self.reason
+        return body
+
+
+class AuthenticationFailed(RelayError):
+    status = 401
+    public_message = "Authentication failed"
+    reason = "authentication_failed"
+
+
+class ClientIdNotFound(RelayError):
+    status = 500
+    public_message = "Client ID not found"
+    reason = "client_id_not_found"
+
+
+class ApiKeyNotFound(RelayError):
+    status = 500
+    public_message = "OpenAI API key not found"
+    reason = "api_key_not_found"
+
+
+class InternalError(RelayError):
+    status = 500
+    public_message = "OpenAI proxy internal error"
+    reason = "internal_error"
+    has_details = True
+
+
+class VaultUnavailable(InternalError):
+    reason = "vault_unavailable"
+
+    def __init__(self, log_detail: str = "") -> None:
+        super().__init__(log_detail, detail="secret store unavailable")
+
+
+class CertsUnavailable(InternalError):
+    reason = "certs_unavailable"
+
+    def __init__(self, log_detail: str = "") -> None:
+        super().__init__(log_detail, detail="token signing certificates unavailable")
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid: the process refuses to start and says why."""

@@ -1,0 +1,79 @@
+"""Prometheus metrics of the authz service, with bounded label sets only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from authz.errors import (
+    ApiKeyNotFound,
+    AuthenticationFailed,
+    CertsUnavailable,
+    ClientIdNotFound,
+    InternalError,
+    VaultUnavailable,
+)
+
+_DENIALS = (AuthenticationFailed, ClientIdNotFound, ApiKeyNotFound, InternalError,
+            VaultUnavailable, CertsUnavailable)
+OUTCOMES = ("allowed", *(cls.reason for cls in _DENIALS))
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.checks = Counter(
+            "authz_checks", "Checks decided, by outcome and token type",
+            ["outcome", "token_type"], registry=self.registry,
+        )
+        self.check_seconds = Histogram(
+            "authz_check_duration_seconds", "Time to decide one check, in the service",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                     0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.ready = Gauge("authz_ready", "1 when the service can verify tokens",
+                           registry=self.registry)
+        # Pre-bind the hot-path children so a check costs a dict lookup, not a label parse.
+        self._outcome = {
+            (outcome, token_type): self.checks.labels(outcome, token_type)
+            for outcome in OUTCOMES
+            for token_type in ("firebase", "none")
+        }
+
+    def count(self, outcome: str, token_type: str, seconds: float) -> None:
+        child = self._outcome.get((outcome, token_type))
+        if child is None:
+            child = self.checks.labels(outcome, token_type)
+        child.inc()
+        self.check_seconds.observe(seconds)
+
+
+# (cache, event) -> cumulative count, and source -> cumulative error count, read at scrape.
+CacheEvents = Callable[[], Iterable[tuple[str, str, float]]]
+SourceErrors = Callable[[], Iterable[tuple[str, float]]]
+
+
+class StatsCollector(Collector):
+    """Exposes counters the caches keep themselves, so the hot path pays no metric cost."""
+
+    def __init__(self, cache_events: CacheEvents, source_errors: SourceErrors) -> None:
+        self._cache_events = cache_events
+        self._source_errors = source_errors
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        events = CounterMetricFamily(
+            "authz_cache_events", "Cache hits, misses and stale serves", labels=["cache", "event"]
+        )
+        for cache, event, value in self._cache_events():
+            events.add_metric([cache, event], value)
+        yield events
+        errors = CounterMetricFamily(
+            "authz_source_errors", "Errors reading Vault or fetching certs", labels=["source"]
+        )
+        for source, value in self._source_errors():
+            errors.add_metric([source], value)
+        yield errors

@@ -1,0 +1,157 @@
+"""`authz serve`: the ext_authz gRPC service, its health service and its metrics.
+
+Wiring only: build the pieces from Settings, serve Envoy's Check RPC, report health,
+stop gracefully on SIGTERM/SIGINT (in-flight checks finish, new ones are refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from authz import logs
+from authz.certs import CertStore
+from authz.decision import Allow, Authorizer, IdentityCache
+from authz.envoy_edge import CheckRequest, ResponseEncoder, request_headers
+from authz.firebase import FirebaseVerifier
+from authz.keys import KeyCache
+from authz.metrics import Metrics, StatsCollector
+from authz.settings import Settings
+from authz.vault import VaultTenantStore
+
+log = logging.getLogger(__name__)
+
+AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+_GRPC_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 1 << 20),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+class AuthzService:
+    """Everything one process needs to decide checks, built once from Settings."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.certs = CertStore(settings.firebase_certs_url)
+        self.vault = VaultTenantStore(
+            settings.vault_addr, settings.vault_token,
+            mount=settings.vault_mount, path_template=settings.vault_path,
+        )
+        self.keys = KeyCache(
+            self.vault,
+            ttl_s=settings.key_cache_ttl_s,
+            stale_if_error_s=settings.key_stale_if_error_s,
+            negative_ttl_s=settings.key_negative_ttl_s,
+        )
+        self.identities = IdentityCache(settings.token_cache_size)
+        self.authorizer = Authorizer(
+            FirebaseVerifier(settings.firebase_project_id, self.certs,
+                             clock_skew_s=settings.clock_skew_s),
+            self.keys,
+            client_id_claims=settings.client_id_claims,
+            identity_cache=self.identities,
+        )
+        self.encoder = ResponseEncoder()
+        self.metrics.registry.register(StatsCollector(self._cache_events, self._source_errors))
+
+    async def check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        started = time.perf_counter()
+        decision = await self.authorizer.check(request_headers(request))
+        if isinstance(decision, Allow):
+            outcome = "allowed"
+        else:
+            outcome = decision.error.reason
+            if log.isEnabledFor(logging.DEBUG) or decision.error.status >= 500:
+                log.log(
+                    logging.WARNING if decision.error.status >= 500 else logging.DEBUG,
+                    "check denied",
+                    extra={"reason": outcome, "status": decision.error.status,
+                           "cause": decision.error.log_detail},
+                )
+        self.metrics.count(outcome, decision.token_type, time.perf_counter() - started)
+        return self.encoder.encode(decision)
+
+    def _cache_events(self) -> Iterable[tuple[str, str, float]]:
+        k = self.keys.stats
+        return [
+            ("token", "hit", self.identities.hits), ("token", "miss", self.identities.misses),
+            ("key", "hit", k.hits), ("key", "miss", k.misses), ("key", "stale", k.stale_served),
+            ("key", "source_read", k.source_reads), ("cert", "fetch", self.certs.fetch_count),
+        ]
+
+    def _source_errors(self) -> Iterable[tuple[str, float]]:
+        return [("vault", self.keys.stats.source_errors), ("certs", self.certs.error_count)]
+
+
+def _check_handler(service: AuthzService) -> grpc.GenericRpcHandler:
+    # Responses are pre-serialized bytes (see ResponseEncoder), so the serializer is identity.
+    return grpc.method_handlers_generic_handler(
+        AUTHORIZATION_SERVICE,
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                service.check,
+                request_deserializer=CheckRequest.FromString,
+                response_serializer=lambda payload: payload,
+            )
+        },
+    )
+
+
+async def serve(settings: Settings, *, grace_s: float = 10.0) -> None:
+    logs.configure(settings.log_level)
+    service = AuthzService(settings)
+    server = grpc.aio.server(options=_GRPC_OPTIONS)
+    server.add_generic_rpc_handlers([_check_handler(service)])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    host, port = settings.grpc_addr
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if not bound:
+        raise OSError(f"cannot listen on {host}:{port}")
+    await server.start()
+
+    if settings.metrics_addr is not None:
+        metrics_host, metrics_port = settings.metrics_addr
+        start_http_server(metrics_port, metrics_host, registry=service.metrics.registry)
+
+    # First cert fetch before declaring ourselves serving; a failure is not fatal
+    # (checks answer 500 until certs arrive, and the refresher keeps trying).
+    await service.certs.refresh(force=True)
+    service.certs.start()
+    service.metrics.ready.set(1 if service.certs.loaded else 0)
+    for name in ("", AUTHORIZATION_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("authz serving", extra={
+        "grpc": f"{host}:{port}",
+        "metrics": settings.metrics_addr and "{}:{}".format(*settings.metrics_addr),
+        "certs_loaded": service.certs.loaded,
+        "vault": settings.vault_addr,
+    })
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("authz stopping: finishing in-flight checks", extra={"grace_s": grace_s})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_s)
+    await service.certs.stop()
+    with contextlib.suppress(Exception):
+        service.keys.close()
+    log.info("authz stopped")

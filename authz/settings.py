@@ -1,0 +1,171 @@
+"""Settings: read from the environment (and CLI flags), validated once at start-up.
+
+A bad setting raises ConfigError with a message naming the variable, and the process
+refuses to start. Nothing downstream re-reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from authz.errors import ConfigError
+
+GOOGLE_SECURETOKEN_CERTS_URL = (
+    "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# Firebase project ids: 6-30 chars, lowercase letters, digits, hyphens (demo- projects too).
+_PROJECT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{4,62}[a-z0-9]$")
+# Vault mounts and paths: plain segments, no "..", no empty segment, no leading slash.
+_VAULT_SEGMENTS = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
+_CLAIM_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
+
+
+def parse_duration(name: str, raw: str) -> float:
+    """'2s', '250ms', '5m', '1h' or a bare number of seconds → seconds (float)."""
+    match = _DURATION.match(raw)
+    if not match:
+        raise ConfigError(f"{name}: {raw!r} is not a duration (examples: 2s, 250ms, 5m, 1h)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def parse_addr(name: str, raw: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:PORT') → (host, port)."""
+    host, sep, port_text = raw.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{name}: {raw!r} is not HOST:PORT")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True)
+class Settings:
+    firebase_project_id: str
+    firebase_certs_url: str = GOOGLE_SECURETOKEN_CERTS_URL
+    upstream_url: str = "https://api.openai.com"
+    upstream_ca_file: str | None = None
+    vault_addr: str = "http://127.0.0.1:8200"
+    vault_token: str = field(default="", repr=False)
+    vault_mount: str = "secret"
+    vault_path: str = "openai/clients/{client_id}"
+    client_id_claims: tuple[str, ...] = ("clientId", "firebase.tenant")
+    check_timeout_s: float = 2.0
+    stream_idle_timeout_s: float = 300.0
+    grpc_addr: tuple[str, int] = ("127.0.0.1", 9001)
+    metrics_addr: tuple[str, int] | None = ("127.0.0.1", 9464)
+    # How long a key read from Vault is served before it is re-read in the background.
+    key_cache_ttl_s: float = 300.0
+    # How long past its TTL a cached key may still be served while Vault is unreachable.
+    key_stale_if_error_s: float = 3600.0
+    # How long "no key for this tenant" is remembered, so unknown tenants cannot flood Vault.
+    key_negative_ttl_s: float = 5.0
+    clock_skew_s: float = 30.0
+    token_cache_size: int = 100_000
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, object] | None = None
+    ) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str = "") -> str:
+            return env.get(name, default).strip()
+
+        if get("FIREBASE_AUTH_EMULATOR_HOST"):
+            # Emulator tokens are unsigned: honouring them silently would accept forgeries.
+            raise ConfigError(
+                "FIREBASE_AUTH_EMULATOR_HOST is set: emulator tokens carry no signature, so "
+                "this service refuses to start rather than accept unsigned tokens; unset it"
+            )
+        values: dict[str, object] = {
+            "firebase_project_id": get("AUTHZ_FIREBASE_PROJECT_ID"),
+            "firebase_certs_url": get("AUTHZ_FIREBASE_CERTS_URL") or GOOGLE_SECURETOKEN_CERTS_URL,
+            "upstream_url": get("AUTHZ_UPSTREAM_URL") or "https://api.openai.com",
+            "upstream_ca_file": get("AUTHZ_UPSTREAM_CA_FILE") or None,
+            "vault_addr": get("VAULT_ADDR") or "http://127.0.0.1:8200",
+            "vault_token": get("VAULT_TOKEN"),
+            "vault_mount": get("AUTHZ_VAULT_MOUNT") or "secret",
+            "vault_path": get("AUTHZ_VAULT_PATH") or "openai/clients/{client_id}",
+            "client_id_claims": tuple(
+                c.strip()
+                for c in (get("AUTHZ_CLIENT_ID_CLAIMS") or "clientId,firebase.tenant").split(",")
+                if c.strip()
+            ),
+            "check_timeout_s": parse_duration(
+                "AUTHZ_CHECK_TIMEOUT", get("AUTHZ_CHECK_TIMEOUT") or "2s"
+            ),
+            "stream_idle_timeout_s": parse_duration(
+                "AUTHZ_STREAM_IDLE_TIMEOUT", get("AUTHZ_STREAM_IDLE_TIMEOUT") or "300s"
+            ),
+            "grpc_addr": parse_addr("AUTHZ_GRPC_ADDR", get("AUTHZ_GRPC_ADDR") or "127.0.0.1:9001"),
+            "metrics_addr": (
+                None
+                if get("AUTHZ_METRICS_ADDR").lower() in ("off", "none", "disabled")
+                else parse_addr(
+                    "AUTHZ_METRICS_ADDR", get("AUTHZ_METRICS_ADDR") or "127.0.0.1:9464"
+                )
+            ),
+            "key_cache_ttl_s": parse_duration(
+                "AUTHZ_KEY_CACHE_TTL", get("AUTHZ_KEY_CACHE_TTL") or "300s"
+            ),
+            "key_stale_if_error_s": parse_duration(
+                "AUTHZ_KEY_STALE_IF_ERROR", get("AUTHZ_KEY_STALE_IF_ERROR") or "1h"
+            ),
+            "key_negative_ttl_s": parse_duration(
+                "AUTHZ_KEY_NEGATIVE_TTL", get("AUTHZ_KEY_NEGATIVE_TTL") or "5s"
+            ),
+            "clock_skew_s": parse_duration("AUTHZ_CLOCK_SKEW", get("AUTHZ_CLOCK_SKEW") or "30s"),
+            "log_level": (get("AUTHZ_LOG_LEVEL") or "INFO").upper(),
+        }
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.firebase_project_id:
+            raise ConfigError("AUTHZ_FIREBASE_PROJECT_ID is required: the Firebase project "
+                              "whose ID tokens this relay accepts")
+        if not _PROJECT_ID.match(self.firebase_project_id):
+            raise ConfigError(
+                f"AUTHZ_FIREBASE_PROJECT_ID: {self.firebase_project_id!r} is not a project id"
+            )
+        for name, url in (("AUTHZ_FIREBASE_CERTS_URL", self.firebase_certs_url),
+                          ("VAULT_ADDR", self.vault_addr),
+                          ("AUTHZ_UPSTREAM_URL", self.upstream_url)):
+            if not url.startswith(("https://", "http://")):
+                raise ConfigError(f"{name}: {url!r} must be an http:// or https:// URL")
+        if self.upstream_ca_file and not os.path.isfile(self.upstream_ca_file):
+            raise ConfigError(f"AUTHZ_UPSTREAM_CA_FILE: {self.upstream_ca_file!r} is not a file")
+        if "{client_id}" not in self.vault_path:
+            raise ConfigError("AUTHZ_VAULT_PATH must contain {client_id}")
+        if not _VAULT_SEGMENTS.match(self.vault_mount):
+            raise ConfigError(f"AUTHZ_VAULT_MOUNT: {self.vault_mount!r} is not a mount path")
+        if not _VAULT_SEGMENTS.match(self.vault_path.replace("{client_id}", "x")):
+            raise ConfigError(f"AUTHZ_VAULT_PATH: {self.vault_path!r} is not a secret path")
+        if not self.client_id_claims:
+            raise ConfigError("AUTHZ_CLIENT_ID_CLAIMS must name at least one claim")
+        for claim in self.client_id_claims:
+            if not _CLAIM_PATH.match(claim):
+                raise ConfigError(f"AUTHZ_CLIENT_ID_CLAIMS: {claim!r} is not a claim name "
+                                  "(dots separate nested claims: firebase.tenant)")
+        if not 0 < self.check_timeout_s <= 60:
+            raise ConfigError("AUTHZ_CHECK_TIMEOUT must be between 1ms and 60s")
+        if not 0 < self.stream_idle_timeout_s <= 24 * 3600:
+            raise ConfigError("AUTHZ_STREAM_IDLE_TIMEOUT must be between 1ms and 24h")
+        if not 0 < self.key_cache_ttl_s <= 24 * 3600:
+            raise ConfigError("AUTHZ_KEY_CACHE_TTL must be between 1ms and 24h")
+        if not 0 <= self.key_stale_if_error_s <= 7 * 24 * 3600:
+            raise ConfigError("AUTHZ_KEY_STALE_IF_ERROR must be between 0 and 7 days")
+        if not 0 <= self.key_negative_ttl_s <= 3600:
+            raise ConfigError("AUTHZ_KEY_NEGATIVE_TTL must be between 0 and 1h")
+        if not 0 <= self.clock_skew_s <= 300:
+            raise ConfigError("AUTHZ_CLOCK_SKEW must be between 0 and 5m")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("AUTHZ_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")

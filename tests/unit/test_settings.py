@@ -1,0 +1,71 @@
+import pytest
+
+from authz.errors import ConfigError
+from authz.settings import GOOGLE_SECURETOKEN_CERTS_URL, Settings, parse_addr, parse_duration
+
+BASE = {"AUTHZ_FIREBASE_PROJECT_ID": "demo-relay"}
+
+
+def test_defaults_match_the_contract():
+    settings = Settings.from_env(BASE)
+    assert settings.upstream_url == "https://api.openai.com"
+    assert settings.upstream_ca_file is None
+    assert settings.firebase_certs_url == GOOGLE_SECURETOKEN_CERTS_URL
+    assert settings.vault_mount == "secret"
+    assert settings.vault_path == "openai/clients/{client_id}"
+    assert settings.client_id_claims == ("clientId", "firebase.tenant")
+    assert settings.check_timeout_s == 2.0
+    assert settings.stream_idle_timeout_s == 300.0
+    assert settings.metrics_addr == ("127.0.0.1", 9464)
+
+
+def test_environment_is_read_once_into_typed_values():
+    settings = Settings.from_env({
+        **BASE,
+        "AUTHZ_CHECK_TIMEOUT": "250ms",
+        "AUTHZ_STREAM_IDLE_TIMEOUT": "5m",
+        "AUTHZ_CLIENT_ID_CLAIMS": " tenant , org.id ",
+        "AUTHZ_METRICS_ADDR": "off",
+        "VAULT_TOKEN": "root-token",
+    })
+    assert settings.check_timeout_s == 0.25
+    assert settings.stream_idle_timeout_s == 300.0
+    assert settings.client_id_claims == ("tenant", "org.id")
+    assert settings.metrics_addr is None
+    assert "root-token" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({}, "AUTHZ_FIREBASE_PROJECT_ID"),
+        ({**BASE, "AUTHZ_FIREBASE_PROJECT_ID": "Not A Project"}, "AUTHZ_FIREBASE_PROJECT_ID"),
+        ({**BASE, "AUTHZ_CHECK_TIMEOUT": "soon"}, "AUTHZ_CHECK_TIMEOUT"),
+        ({**BASE, "AUTHZ_CHECK_TIMEOUT": "5m"}, "AUTHZ_CHECK_TIMEOUT"),
+        ({**BASE, "AUTHZ_VAULT_PATH": "openai/clients"}, "AUTHZ_VAULT_PATH"),
+        ({**BASE, "AUTHZ_VAULT_PATH": "../{client_id}"}, "AUTHZ_VAULT_PATH"),
+        ({**BASE, "AUTHZ_VAULT_MOUNT": "/secret/../x"}, "AUTHZ_VAULT_MOUNT"),
+        ({**BASE, "AUTHZ_CLIENT_ID_CLAIMS": "a b"}, "AUTHZ_CLIENT_ID_CLAIMS"),
+        ({**BASE, "AUTHZ_UPSTREAM_URL": "ftp://x"}, "AUTHZ_UPSTREAM_URL"),
+        ({**BASE, "AUTHZ_UPSTREAM_CA_FILE": "/nonexistent/ca.pem"}, "AUTHZ_UPSTREAM_CA_FILE"),
+        ({**BASE, "AUTHZ_METRICS_ADDR": "9464"}, "AUTHZ_METRICS_ADDR"),
+        ({**BASE, "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"}, "FIREBASE_AUTH_EMULATOR_HOST"),
+    ],
+)
+def test_bad_settings_stop_start_up_naming_the_variable(env, names):
+    with pytest.raises(ConfigError, match=names):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [("2s", 2.0), ("250ms", 0.25), ("5m", 300.0), ("1h", 3600.0), ("7", 7.0)]
+)
+def test_durations(raw, seconds):
+    assert parse_duration("X", raw) == seconds
+
+
+def test_addresses():
+    assert parse_addr("X", "127.0.0.1:9001") == ("127.0.0.1", 9001)
+    assert parse_addr("X", "[::1]:9001") == ("::1", 9001)
+    with pytest.raises(ConfigError):
+        parse_addr("X", "127.0.0.1:99999")
