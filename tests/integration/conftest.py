@@ -1,0 +1,114 @@
+"""The whole relay on loopback: real Envoy, real `authz serve`, real OpenBao, the fake
+OpenAI upstream over TLS, and Firebase-shaped RS256 tokens checked against served certs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.firebase import FirebaseKeys
+from tests.support.relay import RelayStack
+from tests.support.tls import TestPKI
+from tests.support.vault import BaoDevServer
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class Tenant:
+    client_id: str
+    api_key: str
+    organization: str | None = None
+    project: str | None = None
+
+
+TENANTS = (
+    Tenant("acme", "sk-acme-0123456789abcdefghij"),
+    Tenant("globex", "sk-globex-0123456789abcdefgh", organization="org-globex",
+           project="proj-globex"),
+    Tenant("initech", "sk-initech-0123456789abcdef"),
+)
+
+
+def relay_env(pki: TestPKI, firebase: FirebaseKeys, vault: BaoDevServer,
+              upstream: FakeOpenAI) -> dict[str, str]:
+    assert firebase.server is not None
+    return {
+        "AUTHZ_FIREBASE_PROJECT_ID": firebase.project_id,
+        "AUTHZ_FIREBASE_CERTS_URL": firebase.server.url,
+        "AUTHZ_UPSTREAM_URL": upstream.url,
+        "AUTHZ_UPSTREAM_CA_FILE": str(pki.ca_file),
+        "VAULT_ADDR": vault.addr,
+        "VAULT_TOKEN": vault.token,
+        "AUTHZ_LOG_LEVEL": "DEBUG",
+    }
+
+
+@pytest.fixture(scope="session")
+def tenants(vault: BaoDevServer) -> dict[str, Tenant]:
+    for tenant in TENANTS:
+        vault.put_tenant(tenant.client_id, tenant.api_key, organization=tenant.organization,
+                         project=tenant.project)
+    return {tenant.client_id: tenant for tenant in TENANTS}
+
+
+@pytest.fixture(scope="session")
+def relay(pki: TestPKI, firebase: FirebaseKeys, vault: BaoDevServer, fake_openai: FakeOpenAI,
+          tenants: dict[str, Tenant], tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[RelayStack]:
+    """One relay shared by the tests that do not break it."""
+    stack = RelayStack(relay_env(pki, firebase, vault, fake_openai),
+                       tmp_path_factory.mktemp("relay"))
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def make_relay(pki: TestPKI, firebase: FirebaseKeys, vault: BaoDevServer,
+               fake_openai: FakeOpenAI, tenants: dict[str, Tenant], tmp_path: Path
+               ) -> Iterator[Callable[..., RelayStack]]:
+    """A private relay for tests that kill, pause or misconfigure a part of it."""
+    started: list[RelayStack] = []
+
+    def make(env_overrides: dict[str, str] | None = None, **stack_kwargs: float) -> RelayStack:
+        env = {**relay_env(pki, firebase, vault, fake_openai), **(env_overrides or {})}
+        stack = RelayStack(env, tmp_path / f"relay{len(started)}", **stack_kwargs)
+        started.append(stack)
+        return stack.start()
+
+    yield make
+    for stack in started:
+        stack.stop()
+
+
+@pytest.fixture
+def token_for(firebase: FirebaseKeys) -> Callable[..., str]:
+    def mint(client_id: str | None, uid: str = "user-1", **kwargs: object) -> str:
+        return firebase.mint(None, uid, client_id, **kwargs)  # type: ignore[arg-type]
+
+    return mint
+
+
+@pytest.fixture
+def sdk(relay: RelayStack, token_for: Callable[..., str]) -> Callable[..., openai.OpenAI]:
+    """The official openai SDK pointed at the relay, authenticated as a tenant's user."""
+    clients: list[httpx.Client] = []
+
+    def make(client_id: str = "acme", uid: str = "user-1", **kwargs: object) -> openai.OpenAI:
+        http_client = httpx.Client(timeout=30)
+        clients.append(http_client)
+        return openai.OpenAI(base_url=relay.api_base, api_key=token_for(client_id, uid),
+                             http_client=http_client, max_retries=0, **kwargs)  # type: ignore[arg-type]
+
+    yield make
+    for client in clients:
+        client.close()

@@ -1,0 +1,150 @@
+"""The relay under test: the real `authz serve` process and the real Envoy binary,
+configured from the one template in envoy/, on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from authz.binaries import envoy_binary
+from authz.envoy_config import EnvoyParams, render
+from tests.support.processes import ManagedProcess, free_port, wait_for_http
+
+READY_TIMEOUT_S = 30.0
+
+
+def grpc_serving(addr: str) -> bool:
+    with grpc.insecure_channel(addr) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def wait_for_grpc(addr: str, process: ManagedProcess, timeout: float = READY_TIMEOUT_S) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise RuntimeError(f"authz exited while starting:\n{process.log_tail()}")
+        if grpc_serving(addr):
+            return
+        time.sleep(0.05)  # readiness poll interval
+    raise TimeoutError(f"authz not serving on {addr}:\n{process.log_tail()}")
+
+
+@dataclass
+class RelayStack:
+    """authz + Envoy. `env` holds the AUTHZ_* / VAULT_* settings for the authz service."""
+
+    env: dict[str, str]
+    work_dir: Path
+    check_timeout_s: float = 2.0
+    stream_idle_timeout_s: float = 300.0
+    authz_port: int = field(default_factory=free_port)
+    envoy_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    authz: ManagedProcess | None = None
+    envoy: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.envoy_port}"
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.url}/api/openai/v1"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def authz_env(self) -> dict[str, str]:
+        return {
+            **self.env,
+            "AUTHZ_GRPC_ADDR": f"127.0.0.1:{self.authz_port}",
+            "AUTHZ_METRICS_ADDR": f"127.0.0.1:{self.metrics_port}",
+        }
+
+    def start_authz(self) -> None:
+        self.authz = ManagedProcess(
+            [sys.executable, "-m", "authz", "serve"],
+            self.authz_env(),
+            self.work_dir / "authz.log",
+            name="authz",
+            # The service sees only what a deployment would give it.
+            inherit_env=False,
+        )
+        self.authz.env.update({k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ})
+        self.authz.start()
+        wait_for_grpc(f"127.0.0.1:{self.authz_port}", self.authz)
+
+    def start_envoy(self) -> None:
+        config = self.work_dir / "envoy.yaml"
+        config.write_text(
+            render(
+                EnvoyParams(
+                    listen_host="127.0.0.1",
+                    listen_port=self.envoy_port,
+                    admin_host="127.0.0.1",
+                    admin_port=self.admin_port,
+                    authz_host="127.0.0.1",
+                    authz_port=self.authz_port,
+                    upstream_url=self.env["AUTHZ_UPSTREAM_URL"],
+                    upstream_ca_file=self.env.get("AUTHZ_UPSTREAM_CA_FILE"),
+                    check_timeout_s=self.check_timeout_s,
+                    stream_idle_timeout_s=self.stream_idle_timeout_s,
+                )
+            )
+        )
+        self.envoy = ManagedProcess(
+            [
+                envoy_binary(),
+                "-c",
+                str(config),
+                "--disable-hot-restart",
+                "--concurrency",
+                "2",
+                "--log-level",
+                "warn",
+            ],
+            {},
+            self.work_dir / "envoy.log",
+            name="envoy",
+        )
+        self.envoy.start()
+        wait_for_http(f"{self.admin_url}/ready", timeout=READY_TIMEOUT_S, process=self.envoy)
+
+    def start(self) -> RelayStack:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.start_authz()
+        self.start_envoy()
+        return self
+
+    def stop(self) -> None:
+        for process in (self.envoy, self.authz):
+            if process is not None:
+                process.stop()
+
+    def logs(self) -> Mapping[str, str]:
+        return {
+            name: process.log_text()
+            for name, process in (("authz", self.authz), ("envoy", self.envoy))
+            if process is not None
+        }
