@@ -76,11 +76,10 @@ def test_upstream_reset_mid_stream_ends_the_stream_cleanly(relay, token_for):
         headers={"authorization": f"Bearer {token_for('acme')}"},
     ) as response:
         assert response.status_code == 200
-        received = b""
+        received: list[bytes] = []
         with pytest.raises(httpx.HTTPError):
-            for chunk in response.iter_raw():
-                received += chunk
-    assert received.count(b"data:") == 2
+            received.extend(response.iter_raw())
+    assert b"".join(received).count(b"data:") == 2
 
 
 def test_upstream_tls_it_cannot_verify_is_refused(make_relay, upstream, token_for, tmp_path):

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import itertools
 import time
 
 import httpx2 as httpx
@@ -15,7 +16,7 @@ INTERVAL_S = 0.2
 
 
 def arrival_gaps(times):
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def test_chat_completion_sse_chunks_arrive_spread_out(sdk, upstream):
@@ -84,7 +85,7 @@ def test_large_multipart_upload_streams_through(sdk, upstream):
     assert uploaded.bytes == size
     [received] = upstream.requests
     assert received.complete
-    file_part = [p for p in received.multipart if p.filename == "big.jsonl"][0]
+    file_part = next(p for p in received.multipart if p.filename == "big.jsonl")
     assert file_part.sha256 == hashlib.sha256(data).hexdigest()
 
 
