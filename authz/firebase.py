@@ -8,12 +8,14 @@ bounded clock skew.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from authz import jwt
 from authz.certs import CertStore
+from authz.client_id import client_id_from_claims
 from authz.errors import AuthenticationFailed
+from authz.identity import Identity
 
 ISSUER_PREFIX = "https://securetoken.google.com/"
 
@@ -26,16 +28,30 @@ class FirebaseVerifier:
         project_id: str,
         certs: CertStore,
         *,
+        client_id_claims: Sequence[str] = ("clientId", "firebase.tenant"),
         clock_skew_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._project_id = project_id
         self._issuer = ISSUER_PREFIX + project_id
         self._certs = certs
+        self._client_id_claims = tuple(client_id_claims)
         self._skew = clock_skew_s
         self._clock = clock
 
-    async def verify(self, token: str) -> dict[str, Any]:
+    def token_type_of(self, token: str) -> str:
+        return self.token_type
+
+    async def verify(self, token: str) -> Identity:
+        claims = await self.verified_claims(token)
+        return Identity(
+            subject=claims["sub"],
+            client_id=client_id_from_claims(claims, self._client_id_claims),
+            token_type=self.token_type,
+            expires_at=float(claims["exp"]),
+        )
+
+    async def verified_claims(self, token: str) -> dict[str, Any]:
         """The verified claims of token; AuthenticationFailed (or CertsUnavailable)."""
         jws = jwt.parse(token)
         kid = jwt.require_rs256_kid(jws)

@@ -20,9 +20,10 @@ from prometheus_client import start_http_server
 
 from authz import logs
 from authz.certs import CertStore
-from authz.decision import Allow, Authorizer, IdentityCache
+from authz.decision import Allow, Authorizer
 from authz.envoy_edge import CheckRequest, ResponseEncoder, request_headers
 from authz.firebase import FirebaseVerifier
+from authz.identity import IdentityCache
 from authz.keys import KeyCache
 from authz.metrics import Metrics, StatsCollector
 from authz.settings import Settings
@@ -60,9 +61,9 @@ class AuthzService:
         self.identities = IdentityCache(settings.token_cache_size)
         self.authorizer = Authorizer(
             FirebaseVerifier(settings.firebase_project_id, self.certs,
+                             client_id_claims=settings.client_id_claims,
                              clock_skew_s=settings.clock_skew_s),
             self.keys,
-            client_id_claims=settings.client_id_claims,
             identity_cache=self.identities,
         )
         self.encoder = ResponseEncoder()

@@ -3,8 +3,10 @@ from typing import Any
 
 import pytest
 
-from authz.decision import Allow, Authorizer, Deny, IdentityCache, bearer_token, headers_to_remove
+from authz.client_id import client_id_from_claims
+from authz.decision import Allow, Authorizer, Deny, bearer_token, headers_to_remove
 from authz.errors import AuthenticationFailed, CertsUnavailable
+from authz.identity import Identity, IdentityCache
 from authz.keys import KeyCache
 from authz.vault import TenantKey
 
@@ -17,13 +19,18 @@ class FakeVerifier:
         self.calls = 0
         self.error: Exception | None = None
 
-    async def verify(self, token: str) -> dict[str, Any]:
+    def token_type_of(self, token: str) -> str:
+        return self.token_type
+
+    async def verify(self, token: str) -> Identity:
         self.calls += 1
         if self.error is not None:
             raise self.error
         if token not in self.tokens:
             raise AuthenticationFailed("unknown token")
-        return self.tokens[token]
+        claims = self.tokens[token]
+        return Identity(claims["sub"], client_id_from_claims(claims, CLAIMS), self.token_type,
+                        claims["exp"])
 
 
 class DictVault:
@@ -35,6 +42,7 @@ class DictVault:
 
 
 FAR = 4_000_000_000
+CLAIMS = ("clientId", "firebase.tenant")
 TOKENS = {
     "tok-a": {"sub": "u1", "exp": FAR, "clientId": "acme"},
     "tok-b": {"sub": "u2", "exp": FAR, "firebase": {"tenant": "globex"}},
@@ -51,9 +59,7 @@ KEYS = {
 def authorizer(verifier: FakeVerifier | None = None) -> tuple[Authorizer, FakeVerifier]:
     verifier = verifier or FakeVerifier(TOKENS)
     return Authorizer(
-        verifier, KeyCache(DictVault(KEYS)),
-        client_id_claims=("clientId", "firebase.tenant"),
-        identity_cache=IdentityCache(1000),
+        verifier, KeyCache(DictVault(KEYS)), identity_cache=IdentityCache(1000),
     ), verifier
 
 
@@ -144,8 +150,6 @@ def test_verified_identities_are_cached_until_exp():
 
 def test_identity_cache_is_bounded():
     cache = IdentityCache(2)
-    from authz.decision import Identity
-
     ids = [Identity(f"u{i}", "acme", "firebase", FAR) for i in range(3)]
     for i, identity in enumerate(ids):
         cache.put(bytes([i]), identity)

@@ -39,7 +39,7 @@ def verify(token: str, endpoint: FakeCertsEndpoint, **kw) -> dict:
     async def run() -> dict:
         store = CertStore("https://certs.test/", fetch=endpoint, **kw)
         await store.refresh(force=True)
-        return await FirebaseVerifier(PROJECT, store, clock_skew_s=30).verify(token)
+        return await FirebaseVerifier(PROJECT, store, clock_skew_s=30).verified_claims(token)
 
     return asyncio.run(run())
 
@@ -117,8 +117,9 @@ def test_a_new_signing_key_is_picked_up_without_a_restart():
         verifier = FirebaseVerifier(PROJECT, store)
         await verifier.verify(rotating.mint(None, "u", "acme"))
         new_kid = rotating.add_key()
-        claims = await verifier.verify(rotating.mint(None, "u", "acme", kid=new_kid))
-        assert claims["sub"] == "u"
+        identity = await verifier.verify(rotating.mint(None, "u", "acme", kid=new_kid))
+        assert identity.subject == "u"
+        assert identity.client_id == "acme"
         assert endpoint.calls == 2
 
     asyncio.run(run())
@@ -151,7 +152,7 @@ def test_cached_certs_survive_an_endpoint_outage(keys):
         await store.refresh(force=True)
         assert store.error_count == 1
         verifier = FirebaseVerifier(PROJECT, store)
-        assert (await verifier.verify(keys.mint(None, "u", "acme")))["sub"] == "u"
+        assert (await verifier.verify(keys.mint(None, "u", "acme"))).subject == "u"
 
     asyncio.run(run())
 
