@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from authz import tenant_cli
+from authz import cache_cli, tenant_cli
 from authz.errors import ConfigError
 from authz.settings import Settings, parse_addr
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.set_defaults(handler=_envoy_config)
 
     tenant_cli.add_parser(commands)
+    cache_cli.add_parser(commands)
     return parser
 
 

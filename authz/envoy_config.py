@@ -64,6 +64,8 @@ class EnvoyParams:
     listen_port: int = 8080
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
+    #: Envoy's readiness listener (GET /ready), on listen_host: 200 only while authz is SERVING.
+    health_port: int = 8081
     authz_host: str = "127.0.0.1"
     authz_port: int = 9001
     upstream_url: str = "https://api.openai.com"
@@ -197,6 +199,7 @@ def render(params: EnvoyParams, template: str | None = None) -> str:
         "listen_port": str(_port("listen_port", params.listen_port, allow_zero=True)),
         "admin_host": _yaml_host(admin_host),
         "admin_port": str(_port("admin_port", params.admin_port, allow_zero=True)),
+        "health_port": str(_port("health_port", params.health_port, allow_zero=True)),
         "authz_host": _yaml_host(authz_host),
         "authz_port": str(_port("authz_port", params.authz_port)),
         "authz_cluster_type": "STATIC" if _is_ip(authz_host) else "STRICT_DNS",

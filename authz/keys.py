@@ -41,6 +41,7 @@ class KeyCacheStats:
     stale_served: int = 0
     source_reads: int = 0
     source_errors: int = 0
+    source_successes: int = 0
 
 
 class KeyCache:
@@ -130,6 +131,7 @@ class KeyCache:
             self.stats.source_errors += 1
             log.warning("tenant key read timed out", extra={"client_id": client_id})
             return self._on_error(client_id, VaultUnavailable("vault read timed out"))
+        self.stats.source_successes += 1
         entry = _Entry(key, self._clock())
         if len(self._entries) >= self._max_entries and client_id not in self._entries:
             self._entries.pop(next(iter(self._entries)))

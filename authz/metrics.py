@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -22,9 +23,27 @@ _DENIALS = (AuthenticationFailed, ClientIdNotFound, ApiKeyNotFound, InternalErro
 OUTCOMES = ("allowed", *(cls.reason for cls in _DENIALS))
 
 
+OTHER_TENANTS = "_other"
+
+
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        tenants: tuple[str, ...] = (),
+        tenant_cap: int = 50,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        # Per-tenant series stay bounded: an allow-list, or the first tenant_cap seen;
+        # every other tenant is counted under OTHER_TENANTS.
+        self._tenant_allow = frozenset(tenants)
+        self._tenant_cap = 0 if tenants else tenant_cap
+        self.tenant_requests = Counter(
+            "authz_tenant_allowed", "Allowed checks per tenant (bounded label set)",
+            ["client_id"], registry=self.registry,
+        )
+        self._tenant_children: dict[str, Any] = {}
         self.checks = Counter(
             "authz_checks", "Checks decided, by outcome and token type",
             ["outcome", "token_type"], registry=self.registry,
@@ -50,6 +69,17 @@ class Metrics:
             child = self.checks.labels(outcome, token_type)
         child.inc()
         self.check_seconds.observe(seconds)
+
+    def count_tenant(self, client_id: str) -> None:
+        child = self._tenant_children.get(client_id)
+        if child is None:
+            allowed = (client_id in self._tenant_allow if self._tenant_allow
+                       else len(self._tenant_children) < self._tenant_cap)
+            label = client_id if allowed else OTHER_TENANTS
+            child = self.tenant_requests.labels(label)
+            if allowed or len(self._tenant_children) < 100_000:
+                self._tenant_children[client_id] = child
+        child.inc()
 
 
 # (cache, event) -> cumulative count, and source -> cumulative error count, read at scrape.

@@ -16,9 +16,9 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import start_http_server
 
 from authz import logs
+from authz.admin_http import AdminServer
 from authz.certs import CertStore
 from authz.decision import Allow, Authorizer
 from authz.envoy_edge import CheckRequest, ResponseEncoder, request_headers
@@ -46,7 +46,8 @@ class AuthzService:
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(tenants=settings.metrics_tenants,
+                                          tenant_cap=settings.metrics_tenant_cap)
         self.certs = CertStore(settings.firebase_certs_url)
         self.vault = VaultTenantStore(
             settings.vault_addr, settings.vault_token,
@@ -67,6 +68,7 @@ class AuthzService:
             identity_cache=self.identities,
         )
         self.encoder = ResponseEncoder()
+        self.vault_pinged = False
         self.metrics.registry.register(StatsCollector(self._cache_events, self._source_errors))
 
     async def check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -74,6 +76,7 @@ class AuthzService:
         decision = await self.authorizer.check(request_headers(request))
         if isinstance(decision, Allow):
             outcome = "allowed"
+            self.metrics.count_tenant(decision.client_id)
         else:
             outcome = decision.error.reason
             if log.isEnabledFor(logging.DEBUG) or decision.error.status >= 500:
@@ -85,6 +88,36 @@ class AuthzService:
                 )
         self.metrics.count(outcome, decision.token_type, time.perf_counter() - started)
         return self.encoder.encode(decision)
+
+    @property
+    def vault_reached(self) -> bool:
+        return self.vault_pinged or self.keys.stats.source_successes > 0
+
+    def readiness(self) -> dict[str, Any]:
+        """Ready once we can verify tokens (certs loaded) and have reached Vault once."""
+        certs, vault = self.certs.loaded, self.vault_reached
+        return {"ready": certs and vault, "certs_loaded": certs, "vault_reached": vault}
+
+    def invalidate(self, client_id: str | None) -> None:
+        self.keys.invalidate(client_id)
+
+    async def watch_readiness(self, health_servicer: health.aio.HealthServicer) -> None:
+        """Keep gRPC health and the ready gauge in step with readiness; ping Vault
+        until it has answered once."""
+        last: bool | None = None
+        while True:
+            if not self.vault_reached:
+                self.vault_pinged = await asyncio.to_thread(self.vault.ping)
+            ready = bool(self.readiness()["ready"])
+            if ready != last:
+                status = (health_pb2.HealthCheckResponse.SERVING if ready
+                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+                for name in ("", AUTHORIZATION_SERVICE):
+                    await health_servicer.set(name, status)
+                self.metrics.ready.set(1 if ready else 0)
+                log.info("readiness changed", extra=self.readiness())
+                last = ready
+            await asyncio.sleep(1.0 if not ready else 5.0)
 
     def _cache_events(self) -> Iterable[tuple[str, str, float]]:
         k = self.keys.stats
@@ -112,7 +145,7 @@ def _check_handler(service: AuthzService) -> grpc.GenericRpcHandler:
     )
 
 
-async def serve(settings: Settings, *, grace_s: float = 10.0) -> None:
+async def serve(settings: Settings) -> None:
     logs.configure(settings.log_level)
     service = AuthzService(settings)
     server = grpc.aio.server(options=_GRPC_OPTIONS)
@@ -125,17 +158,26 @@ async def serve(settings: Settings, *, grace_s: float = 10.0) -> None:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
 
+    admin: AdminServer | None = None
     if settings.metrics_addr is not None:
-        metrics_host, metrics_port = settings.metrics_addr
-        start_http_server(metrics_port, metrics_host, registry=service.metrics.registry)
+        loop = asyncio.get_running_loop()
 
-    # First cert fetch before declaring ourselves serving; a failure is not fatal
-    # (checks answer 500 until certs arrive, and the refresher keeps trying).
+        def invalidate_on_loop(client_id: str | None) -> None:
+            loop.call_soon_threadsafe(service.invalidate, client_id)
+
+        admin = AdminServer(
+            *settings.metrics_addr,
+            registry=service.metrics.registry,
+            readiness=service.readiness,
+            invalidate=invalidate_on_loop,
+        )
+        admin.start()
+
+    # First cert fetch before the first health report; a failure is not fatal (checks
+    # answer 500 until certs arrive, the refresher keeps trying, health says NOT_SERVING).
     await service.certs.refresh(force=True)
     service.certs.start()
-    service.metrics.ready.set(1 if service.certs.loaded else 0)
-    for name in ("", AUTHORIZATION_SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    readiness = asyncio.ensure_future(service.watch_readiness(health_servicer))
     log.info("authz serving", extra={
         "grpc": f"{host}:{port}",
         "metrics": settings.metrics_addr and "{}:{}".format(*settings.metrics_addr),
@@ -149,10 +191,14 @@ async def serve(settings: Settings, *, grace_s: float = 10.0) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
+    grace_s = settings.drain_timeout_s
     log.info("authz stopping: finishing in-flight checks", extra={"grace_s": grace_s})
+    readiness.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
     await service.certs.stop()
+    if admin is not None:
+        admin.stop()
     with contextlib.suppress(Exception):
         service.keys.close()
     log.info("authz stopped")

@@ -34,6 +34,12 @@ def parse_duration(name: str, raw: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def _parse_int(name: str, raw: str) -> int:
+    if not raw.strip().isdigit():
+        raise ConfigError(f"{name}: {raw!r} is not a whole number")
+    return int(raw)
+
+
 def parse_addr(name: str, raw: str) -> tuple[str, int]:
     """'HOST:PORT' (IPv6 as '[::1]:PORT') → (host, port)."""
     host, sep, port_text = raw.rpartition(":")
@@ -65,6 +71,11 @@ class Settings:
     # How long "no key for this tenant" is remembered, so unknown tenants cannot flood Vault.
     key_negative_ttl_s: float = 5.0
     clock_skew_s: float = 30.0
+    # On SIGTERM/Ctrl-C: how long in-flight checks and open streams may run to their end.
+    drain_timeout_s: float = 30.0
+    # Per-tenant metric series: only these tenants, or (when empty) the first N seen.
+    metrics_tenants: tuple[str, ...] = ()
+    metrics_tenant_cap: int = 50
     token_cache_size: int = 100_000
     log_level: str = "INFO"
 
@@ -121,6 +132,15 @@ class Settings:
                 "AUTHZ_KEY_NEGATIVE_TTL", get("AUTHZ_KEY_NEGATIVE_TTL") or "5s"
             ),
             "clock_skew_s": parse_duration("AUTHZ_CLOCK_SKEW", get("AUTHZ_CLOCK_SKEW") or "30s"),
+            "drain_timeout_s": parse_duration(
+                "AUTHZ_DRAIN_TIMEOUT", get("AUTHZ_DRAIN_TIMEOUT") or "30s"
+            ),
+            "metrics_tenants": tuple(
+                t.strip() for t in get("AUTHZ_METRICS_TENANTS").split(",") if t.strip()
+            ),
+            "metrics_tenant_cap": _parse_int(
+                "AUTHZ_METRICS_TENANT_CAP", get("AUTHZ_METRICS_TENANT_CAP") or "50"
+            ),
             "log_level": (get("AUTHZ_LOG_LEVEL") or "INFO").upper(),
         }
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -167,5 +187,9 @@ class Settings:
             raise ConfigError("AUTHZ_KEY_NEGATIVE_TTL must be between 0 and 1h")
         if not 0 <= self.clock_skew_s <= 300:
             raise ConfigError("AUTHZ_CLOCK_SKEW must be between 0 and 5m")
+        if not 0 <= self.drain_timeout_s <= 3600:
+            raise ConfigError("AUTHZ_DRAIN_TIMEOUT must be between 0 and 1h")
+        if not 0 <= self.metrics_tenant_cap <= 10_000:
+            raise ConfigError("AUTHZ_METRICS_TENANT_CAP must be between 0 and 10000")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("AUTHZ_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")

@@ -8,6 +8,8 @@ child, its exit status and the end of its log.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import signal
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from authz.binaries import bao_binary, envoy_binary
 from authz.envoy_config import EnvoyParams, render
@@ -63,18 +66,35 @@ def http_ok(url: str, token: str | None = None) -> bool:
         return False
 
 
-def grpc_serving(addr: str) -> bool:
+def grpc_answers(addr: str) -> bool:
+    """authz answers gRPC health checks (whatever it says: readiness is shown, not awaited)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(addr) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=1
             )
         except grpc.RpcError:
             return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        return True
+
+
+def http_json(url: str, method: str = "GET") -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, method=method)  # noqa: S310 (our own http URLs)
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+            return int(response.status), json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def envoy_active_requests(admin: str) -> int:
+    """Requests Envoy's public listener still has open (streams included)."""
+    url = f"http://{admin}/stats?filter=^http\\.relay\\.downstream_rq_active$&format=json"
+    _status, stats = http_json(url)
+    return int(sum(int(s.get("value", 0)) for s in stats.get("stats", [])))
 
 
 @dataclass
@@ -124,6 +144,7 @@ class Stack:
     vault_token: str = field(default="", repr=False)
     dev_vault: bool = False
     admin: tuple[str, int] = ("127.0.0.1", 0)
+    health_port: int = 0
 
     def start(self) -> None:
         env = dict(os.environ)
@@ -137,14 +158,16 @@ class Stack:
         authz = Child("authz", [sys.executable, "-m", "authz", "serve"],
                       self.run_dir / "authz.log", env)
         self._launch(authz)
-        wait_until("authz gRPC health", lambda: grpc_serving(f"{grpc_host}:{grpc_port}"),
+        wait_until("authz gRPC health", lambda: grpc_answers(f"{grpc_host}:{grpc_port}"),
                    authz, 30)
 
         self.admin = ("127.0.0.1", free_port())
+        self.health_port = free_port(self.listen[0])
         config_path = self.run_dir / "envoy.yaml"
         config_path.write_text(render(EnvoyParams(
             listen_host=self.listen[0], listen_port=self.listen[1],
             admin_host=self.admin[0], admin_port=self.admin[1],
+            health_port=self.health_port,
             authz_host=grpc_host, authz_port=grpc_port,
             upstream_url=self.settings.upstream_url,
             upstream_ca_file=self.settings.upstream_ca_file,
@@ -156,6 +179,11 @@ class Stack:
         self._launch(envoy)
         ready_url = f"http://{self.admin[0]}:{self.admin[1]}/ready"
         wait_until("envoy", lambda: http_ok(ready_url), envoy, 30)
+        # Give Envoy's first health checks of authz a moment, so the banner shows the
+        # settled state; not being ready yet is shown, not fatal.
+        health_url = f"http://{self.listen[0]}:{self.health_port}/ready"
+        with contextlib.suppress(StackError):
+            wait_until("envoy readiness", lambda: http_ok(health_url), envoy, 6)
 
     def _start_bao(self) -> None:
         port = free_port()
@@ -173,9 +201,42 @@ class Stack:
         self.children.append(child)
         child.start()
 
+    def drain(self) -> None:
+        """Stop taking new connections, and let open requests and streams finish, up to
+        the drain timeout; only then are the children stopped."""
+        envoy = next((c for c in self.children if c.name == "envoy"), None)
+        if envoy is None or envoy.process is None or envoy.process.poll() is not None:
+            return
+        admin = f"{self.admin[0]}:{self.admin[1]}"
+        try:
+            http_json(f"http://{admin}/drain_listeners?graceful&inboundonly", "POST")
+            deadline = time.monotonic() + self.settings.drain_timeout_s
+            while envoy_active_requests(admin) > 0 and time.monotonic() < deadline:
+                time.sleep(0.1)  # poll the active-request gauge while streams finish
+        except (OSError, ValueError):
+            pass  # Envoy is going anyway: stop() follows
+
     def stop(self) -> None:
         for child in reversed(self.children):
             child.stop()
+
+    def status(self) -> list[str]:
+        """One line per part: where it listens and whether it is ready."""
+        lines = []
+        if self.settings.metrics_addr is not None:
+            metrics = "{}:{}".format(*self.settings.metrics_addr)
+            try:
+                _code, report = http_json(f"http://{metrics}/readyz")
+                state = "ready" if report.get("ready") else "NOT READY " + json.dumps(report)
+            except (OSError, ValueError):
+                state = "state unknown"
+            lines.append(f"  authz      {state}")
+        try:
+            code, _ = http_json(f"http://{self.listen[0]}:{self.health_port}/ready")
+        except (OSError, ValueError):
+            code = 0
+        lines.append("  envoy      " + ("ready" if code == 200 else f"NOT READY (/ready {code})"))
+        return lines
 
     def first_dead(self) -> Child | None:
         for child in self.children:
@@ -192,7 +253,11 @@ class Stack:
             f"  envoy      admin http://{self.admin[0]}:{self.admin[1]}",
             f"  vault      {self.vault_addr}" + ("  (OpenBao dev server, in memory)"
                                                  if self.dev_vault else ""),
+            f"  readiness  http://{self.listen[0]}:{self.health_port}/ready",
             f"  logs       {self.run_dir}",
+            "",
+            "State:",
+            *self.status(),
             "",
             "Add a tenant (in another shell):",
         ]
@@ -236,7 +301,8 @@ def run_up(listen: str, settings_overrides: dict[str, object]) -> int:
                       f"stopping the stack\n{dead.log_tail()}", file=sys.stderr, flush=True)
                 return 1
             time.sleep(0.2)  # supervision poll interval
-        print("authz up: stopping", file=sys.stderr, flush=True)
+        print("authz up: draining open requests, then stopping", file=sys.stderr, flush=True)
+        stack.drain()
         return 0
     except (StackError, FileNotFoundError, OSError) as exc:
         print(f"authz up: {exc}", file=sys.stderr, flush=True)

@@ -107,7 +107,7 @@ def test_cert_endpoint_down_at_cold_start_is_an_internal_error_not_401(
     make_relay, firebase_certs, upstream, token_for
 ):
     firebase_certs.set_down(True)
-    relay = make_relay()
+    relay = make_relay(wait_ready=False)
     assert_internal_error(get(relay, token_for("acme")))
     assert upstream.requests == []
     firebase_certs.set_down(False)

@@ -20,25 +20,31 @@ from tests.support.processes import ManagedProcess, free_port, wait_for_http
 READY_TIMEOUT_S = 30.0
 
 
-def grpc_serving(addr: str) -> bool:
+def grpc_health(addr: str) -> int | None:
+    """The service's overall gRPC health status, or None when it does not answer."""
     with grpc.insecure_channel(addr) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=1
             )
         except grpc.RpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+            return None
+        return int(reply.status)
 
 
-def wait_for_grpc(addr: str, process: ManagedProcess, timeout: float = READY_TIMEOUT_S) -> None:
+def wait_for_grpc(addr: str, process: ManagedProcess, *, ready: bool = True,
+                  timeout: float = READY_TIMEOUT_S) -> None:
+    """Until authz answers health checks (and, with ready, reports SERVING)."""
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not process.alive():
             raise RuntimeError(f"authz exited while starting:\n{process.log_tail()}")
-        if grpc_serving(addr):
+        status = grpc_health(addr)
+        if status is not None and (
+            not ready or status == health_pb2.HealthCheckResponse.SERVING
+        ):
             return
         time.sleep(0.05)  # readiness poll interval
     raise TimeoutError(f"authz not serving on {addr}:\n{process.log_tail()}")
@@ -52,9 +58,12 @@ class RelayStack:
     work_dir: Path
     check_timeout_s: float = 2.0
     stream_idle_timeout_s: float = 300.0
+    #: Wait for authz to report SERVING (ready), not just to answer health checks.
+    wait_ready: bool = True
     authz_port: int = field(default_factory=free_port)
     envoy_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     authz: ManagedProcess | None = None
     envoy: ManagedProcess | None = None
@@ -70,6 +79,10 @@ class RelayStack:
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}/ready"
 
     @property
     def metrics_url(self) -> str:
@@ -93,7 +106,7 @@ class RelayStack:
         )
         self.authz.env.update({k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ})
         self.authz.start()
-        wait_for_grpc(f"127.0.0.1:{self.authz_port}", self.authz)
+        wait_for_grpc(f"127.0.0.1:{self.authz_port}", self.authz, ready=self.wait_ready)
 
     def start_envoy(self) -> None:
         config = self.work_dir / "envoy.yaml"

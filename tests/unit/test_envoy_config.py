@@ -43,6 +43,7 @@ def test_template_placeholders_are_exactly_the_known_ones() -> None:
         "listen_port",
         "admin_host",
         "admin_port",
+        "health_port",
         "authz_host",
         "authz_port",
         "authz_cluster_type",
