@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -25,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from authz.errors import CertsUnavailable
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
 
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*(\d+)", re.IGNORECASE)
 _MAX_CERTS_BYTES = 1 << 20
@@ -70,12 +73,18 @@ def parse_certs(body: bytes) -> dict[str, RSAPublicKey]:
     return keys
 
 
-class CertStore:
-    """Public keys by kid, refreshed in the background; lookups never do I/O."""
+class KeyStore(Generic[K]):
+    """Public keys by kid, refreshed in the background; lookups never do I/O.
+
+    `parse` turns the fetched document into {kid: key}; it raises on anything it does not
+    accept, and then the last good set is kept. CertStore (Firebase's x509 map) and
+    jwks.JwksStore (a JSON Web Key Set) are the two kinds.
+    """
 
     def __init__(
         self,
         url: str,
+        parse: Callable[[bytes], Mapping[str, K]],
         *,
         fetch: Fetcher = urllib_fetch,
         fetch_timeout_s: float = 5.0,
@@ -85,13 +94,14 @@ class CertStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._url = url
+        self._parse = parse
         self._fetch = fetch
         self._fetch_timeout_s = fetch_timeout_s
         self._default_max_age_s = default_max_age_s
         self._min_refetch_interval_s = min_refetch_interval_s
         self._stale_if_error_s = stale_if_error_s
         self._clock = clock
-        self._keys: Mapping[str, RSAPublicKey] = {}
+        self._keys: Mapping[str, K] = {}
         self._fresh_until = 0.0
         self._usable_until = 0.0
         self._last_attempt = float("-inf")
@@ -104,12 +114,12 @@ class CertStore:
     def loaded(self) -> bool:
         return bool(self._keys) and self._clock() < self._usable_until
 
-    def lookup(self, kid: str) -> RSAPublicKey | None:
+    def lookup(self, kid: str) -> K | None:
         if self._clock() >= self._usable_until:
             return None
         return self._keys.get(kid)
 
-    async def key_for(self, kid: str) -> RSAPublicKey | None:
+    async def key_for(self, kid: str) -> K | None:
         """The key for kid, re-fetching once (rate-limited) when kid is unknown.
 
         Raises CertsUnavailable when no usable certificate set can be had at all: that
@@ -140,11 +150,12 @@ class CertStore:
             body, cache_control = await asyncio.to_thread(
                 self._fetch, self._url, self._fetch_timeout_s
             )
-            keys = parse_certs(body)
+            keys = self._parse(body)
         except Exception as exc:  # any failure keeps the last good set
             self.error_count += 1
             log.warning("certificate fetch failed", extra={"error": type(exc).__name__,
-                                                           "detail": str(exc)[:200]})
+                                                           "detail": str(exc)[:200],
+                                                           "url": self._url})
             return
         max_age = max(1.0, parse_max_age(cache_control, self._default_max_age_s))
         now = self._clock()
@@ -152,7 +163,8 @@ class CertStore:
         self._fresh_until = now + max_age
         self._usable_until = now + max_age + self._stale_if_error_s
         self.fetch_count += 1
-        log.info("certificates loaded", extra={"kids": sorted(keys), "max_age_s": max_age})
+        log.info("certificates loaded", extra={"kids": sorted(keys), "max_age_s": max_age,
+                                               "url": self._url})
 
     def start(self) -> None:
         """Start the background refresher (call from a running event loop)."""
@@ -178,3 +190,24 @@ class CertStore:
             else:
                 delay, backoff = backoff, min(backoff * 2, 60.0)
             await asyncio.sleep(delay)
+
+
+class CertStore(KeyStore[RSAPublicKey]):
+    """Firebase's signing certificates: {kid: x509 PEM} → {kid: RSA public key}."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        fetch: Fetcher = urllib_fetch,
+        fetch_timeout_s: float = 5.0,
+        default_max_age_s: float = 3600.0,
+        min_refetch_interval_s: float = 10.0,
+        stale_if_error_s: float = 24 * 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            url, parse_certs, fetch=fetch, fetch_timeout_s=fetch_timeout_s,
+            default_max_age_s=default_max_age_s, min_refetch_interval_s=min_refetch_interval_s,
+            stale_if_error_s=stale_if_error_s, clock=clock,
+        )

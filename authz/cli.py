@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from authz import cache_cli, tenant_cli
+from authz import cache_cli, keys_cli, tenant_cli, users_cli
 from authz.errors import ConfigError
 from authz.settings import Settings, parse_addr
 
@@ -29,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from authz.stack import run_up
 
-    return run_up(args.listen, {})
+    return run_up(args.listen, {}, demo=args.demo)
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
@@ -44,6 +44,7 @@ def _envoy_config(args: argparse.Namespace) -> int:
             listen_host=listen[0], listen_port=listen[1],
             admin_host=admin[0], admin_port=admin[1],
             authz_host=authz[0], authz_port=authz[1],
+            health_port=args.health_port,
             upstream_url=settings.upstream_url, upstream_ca_file=settings.upstream_ca_file,
             check_timeout_s=settings.check_timeout_s,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="run the whole stack locally, in the foreground")
     up.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for the relay")
+    up.add_argument("--demo", action="store_true", help=(
+        "create tenant 'demo' from $OPENAI_API_KEY, issue it a client key and print a "
+        "ready-to-paste curl line and openai-SDK snippet"))
     up.set_defaults(handler=_up)
 
     serve = commands.add_parser("serve", help="run the ext_authz gRPC service alone")
@@ -72,9 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.add_argument("--listen", default="0.0.0.0:8080", help="HOST:PORT Envoy listens on")
     envoy.add_argument("--admin", default="127.0.0.1:9901", help="HOST:PORT of Envoy's admin")
     envoy.add_argument("--authz", help="HOST:PORT of the authz service (AUTHZ_GRPC_ADDR)")
+    envoy.add_argument("--health-port", type=int, default=8081, help=(
+        "port of the readiness listener (/ready), on the --listen host"))
     envoy.set_defaults(handler=_envoy_config)
 
     tenant_cli.add_parser(commands)
+    keys_cli.add_parser(commands)
+    users_cli.add_parser(commands)
     cache_cli.add_parser(commands)
     return parser
 

@@ -88,3 +88,38 @@ def numeric_claim(payload: dict[str, Any], name: str) -> float:
 
 def optional_numeric_claim(payload: dict[str, Any], name: str) -> float | None:
     return None if payload.get(name) is None else numeric_claim(payload, name)
+
+
+# RSASSA-PKCS1-v1_5 with SHA-2: the only algorithms an OIDC issuer may be configured with.
+# No "none", no HMAC, no PSS/EC: a configured allow-list is a subset of these names.
+RSA_ALGORITHMS: dict[str, hashes.HashAlgorithm] = {
+    "RS256": hashes.SHA256(),
+    "RS384": hashes.SHA384(),
+    "RS512": hashes.SHA512(),
+}
+
+
+def verify_rsa(jws: ParsedJws, key: RSAPublicKey, alg: str) -> None:
+    """Check jws's signature with key under alg (one of RSA_ALGORITHMS)."""
+    digest = RSA_ALGORITHMS.get(alg)
+    if digest is None:
+        raise AuthenticationFailed("token algorithm is not allowed")
+    try:
+        key.verify(jws.signature, jws.signing_input, _PKCS1v15, digest)
+    except InvalidSignature as exc:
+        raise AuthenticationFailed("token signature is invalid") from exc
+
+
+def peek(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(header, payload, signature segment) of a compact JWS, verifying nothing.
+
+    For routing a token to its verifier and for unsigned emulator tokens only: nothing
+    read here may be trusted until the chosen verifier has checked it.
+    """
+    if len(token) > MAX_TOKEN_BYTES:
+        raise AuthenticationFailed("token too long")
+    parts = token.split(".")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise AuthenticationFailed("token is not a compact JWS")
+    return (_json_object(_b64url(parts[0]), "header"),
+            _json_object(_b64url(parts[1]), "payload"), parts[2])

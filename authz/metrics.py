@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from authz.errors import (
@@ -90,11 +90,15 @@ SourceErrors = Callable[[], Iterable[tuple[str, float]]]
 class StatsCollector(Collector):
     """Exposes counters the caches keep themselves, so the hot path pays no metric cost."""
 
-    def __init__(self, cache_events: CacheEvents, source_errors: SourceErrors) -> None:
+    def __init__(self, cache_events: CacheEvents, source_errors: SourceErrors,
+                 in_flight: Callable[[], float]) -> None:
         self._cache_events = cache_events
         self._source_errors = source_errors
+        self._in_flight = in_flight
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield GaugeMetricFamily("authz_checks_in_flight", "Checks being decided right now",
+                                value=self._in_flight())
         events = CounterMetricFamily(
             "authz_cache_events", "Cache hits, misses and stale serves", labels=["cache", "event"]
         )

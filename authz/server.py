@@ -22,12 +22,13 @@ from authz.admin_http import AdminServer
 from authz.certs import CertStore
 from authz.decision import Allow, Authorizer
 from authz.envoy_edge import CheckRequest, ResponseEncoder, request_headers
-from authz.firebase import FirebaseVerifier
 from authz.identity import IdentityCache
 from authz.keys import KeyCache
 from authz.metrics import Metrics, StatsCollector
 from authz.settings import Settings
 from authz.vault import VaultTenantStore
+from authz.vault_auth import token_provider
+from authz.verifiers import build_token_verifiers
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ class AuthzService:
         self.metrics = metrics or Metrics(tenants=settings.metrics_tenants,
                                           tenant_cap=settings.metrics_tenant_cap)
         self.certs = CertStore(settings.firebase_certs_url)
+        vault_tokens = token_provider(settings)  # one login, shared by every Vault reader
         self.vault = VaultTenantStore(
-            settings.vault_addr, settings.vault_token,
+            settings.vault_addr, vault_tokens,
             mount=settings.vault_mount, path_template=settings.vault_path,
         )
         self.keys = KeyCache(
@@ -60,20 +62,27 @@ class AuthzService:
             negative_ttl_s=settings.key_negative_ttl_s,
         )
         self.identities = IdentityCache(settings.token_cache_size)
+        # Every enabled token type behind one dispatcher (Firebase, OIDC, client keys...).
+        self.tokens = build_token_verifiers(settings, self.certs, vault_tokens)
         self.authorizer = Authorizer(
-            FirebaseVerifier(settings.firebase_project_id, self.certs,
-                             client_id_claims=settings.client_id_claims,
-                             clock_skew_s=settings.clock_skew_s),
+            self.tokens,
             self.keys,
             identity_cache=self.identities,
         )
         self.encoder = ResponseEncoder()
         self.vault_pinged = False
-        self.metrics.registry.register(StatsCollector(self._cache_events, self._source_errors))
+        self.in_flight = 0
+        self.metrics.registry.register(
+            StatsCollector(self._cache_events, self._source_errors, lambda: self.in_flight)
+        )
 
     async def check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         started = time.perf_counter()
-        decision = await self.authorizer.check(request_headers(request))
+        self.in_flight += 1
+        try:
+            decision = await self.authorizer.check(request_headers(request))
+        finally:
+            self.in_flight -= 1
         if isinstance(decision, Allow):
             outcome = "allowed"
             self.metrics.count_tenant(decision.client_id)
@@ -95,7 +104,7 @@ class AuthzService:
 
     def readiness(self) -> dict[str, Any]:
         """Ready once we can verify tokens (certs loaded) and have reached Vault once."""
-        certs, vault = self.certs.loaded, self.vault_reached
+        certs, vault = self.tokens.ready, self.vault_reached
         return {"ready": certs and vault, "certs_loaded": certs, "vault_reached": vault}
 
     def invalidate(self, client_id: str | None) -> None:
@@ -175,13 +184,13 @@ async def serve(settings: Settings) -> None:
 
     # First cert fetch before the first health report; a failure is not fatal (checks
     # answer 500 until certs arrive, the refresher keeps trying, health says NOT_SERVING).
-    await service.certs.refresh(force=True)
-    service.certs.start()
+    await service.tokens.start()
+    service.vault.start_token_renewal()
     readiness = asyncio.ensure_future(service.watch_readiness(health_servicer))
     log.info("authz serving", extra={
         "grpc": f"{host}:{port}",
         "metrics": settings.metrics_addr and "{}:{}".format(*settings.metrics_addr),
-        "certs_loaded": service.certs.loaded,
+        "certs_loaded": service.tokens.ready,
         "vault": settings.vault_addr,
     })
 
@@ -196,7 +205,8 @@ async def serve(settings: Settings) -> None:
     readiness.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
-    await service.certs.stop()
+    await service.tokens.stop()
+    service.vault.stop_token_renewal()
     if admin is not None:
         admin.stop()
     with contextlib.suppress(Exception):

@@ -11,7 +11,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from authz import token_settings, vault_auth
 from authz.errors import ConfigError
+from authz.oidc import OidcIssuer
+from authz.vault_auth import DEFAULT_K8S_TOKEN_FILE
 
 GOOGLE_SECURETOKEN_CERTS_URL = (
     "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"
@@ -51,7 +54,8 @@ def parse_addr(name: str, raw: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class Settings:
-    firebase_project_id: str
+    # Empty when Firebase ID tokens are not accepted (see token_settings for when it may be).
+    firebase_project_id: str = ""
     firebase_certs_url: str = GOOGLE_SECURETOKEN_CERTS_URL
     upstream_url: str = "https://api.openai.com"
     upstream_ca_file: str | None = None
@@ -59,6 +63,14 @@ class Settings:
     vault_token: str = field(default="", repr=False)
     vault_mount: str = "secret"
     vault_path: str = "openai/clients/{client_id}"
+    # How the service logs in to Vault (authz/vault_auth.py): token, approle or kubernetes.
+    vault_auth: str = "token"
+    vault_auth_mount: str = ""  # empty: the method's name
+    vault_role_id: str = field(default="", repr=False)
+    vault_role_id_file: str | None = None
+    vault_secret_id_file: str | None = None
+    vault_k8s_role: str = ""
+    vault_k8s_token_file: str = DEFAULT_K8S_TOKEN_FILE
     client_id_claims: tuple[str, ...] = ("clientId", "firebase.tenant")
     check_timeout_s: float = 2.0
     stream_idle_timeout_s: float = 300.0
@@ -78,6 +90,20 @@ class Settings:
     metrics_tenant_cap: int = 50
     token_cache_size: int = 100_000
     log_level: str = "INFO"
+    # The other token types (issue 6): read and checked by authz/token_settings.py.
+    firebase_emulator_host: str | None = None
+    firebase_emulator_mode: bool = False
+    firebase_check_revoked: bool = False
+    firebase_user_cache_ttl_s: float = 60.0
+    oidc_issuers: tuple[OidcIssuer, ...] = ()
+    client_keys: str = "auto"
+    client_key_cache_ttl_s: float = 30.0
+    client_key_index_path: str = "openai/client-keys"
+    client_key_pepper: str = "vault:openai/relay/client-key-pepper"
+
+    @property
+    def client_keys_enabled(self) -> bool:
+        return self.client_keys != "off"
 
     @classmethod
     def from_env(
@@ -88,12 +114,8 @@ class Settings:
         def get(name: str, default: str = "") -> str:
             return env.get(name, default).strip()
 
-        if get("FIREBASE_AUTH_EMULATOR_HOST"):
-            # Emulator tokens are unsigned: honouring them silently would accept forgeries.
-            raise ConfigError(
-                "FIREBASE_AUTH_EMULATOR_HOST is set: emulator tokens carry no signature, so "
-                "this service refuses to start rather than accept unsigned tokens; unset it"
-            )
+        # Emulator refusal (unless in the explicit development mode), OIDC, client keys.
+        token_values = token_settings.from_env(get, parse_duration)
         values: dict[str, object] = {
             "firebase_project_id": get("AUTHZ_FIREBASE_PROJECT_ID"),
             "firebase_certs_url": get("AUTHZ_FIREBASE_CERTS_URL") or GOOGLE_SECURETOKEN_CERTS_URL,
@@ -103,6 +125,7 @@ class Settings:
             "vault_token": get("VAULT_TOKEN"),
             "vault_mount": get("AUTHZ_VAULT_MOUNT") or "secret",
             "vault_path": get("AUTHZ_VAULT_PATH") or "openai/clients/{client_id}",
+            **vault_auth.settings_from_env(get),
             "client_id_claims": tuple(
                 c.strip()
                 for c in (get("AUTHZ_CLIENT_ID_CLAIMS") or "clientId,firebase.tenant").split(",")
@@ -142,6 +165,7 @@ class Settings:
                 "AUTHZ_METRICS_TENANT_CAP", get("AUTHZ_METRICS_TENANT_CAP") or "50"
             ),
             "log_level": (get("AUTHZ_LOG_LEVEL") or "INFO").upper(),
+            **token_values,
         }
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
@@ -149,10 +173,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if not self.firebase_project_id:
-            raise ConfigError("AUTHZ_FIREBASE_PROJECT_ID is required: the Firebase project "
-                              "whose ID tokens this relay accepts")
-        if not _PROJECT_ID.match(self.firebase_project_id):
+        token_settings.validate(self)
+        if self.firebase_project_id and not _PROJECT_ID.match(self.firebase_project_id):
             raise ConfigError(
                 f"AUTHZ_FIREBASE_PROJECT_ID: {self.firebase_project_id!r} is not a project id"
             )
@@ -169,6 +191,7 @@ class Settings:
             raise ConfigError(f"AUTHZ_VAULT_MOUNT: {self.vault_mount!r} is not a mount path")
         if not _VAULT_SEGMENTS.match(self.vault_path.replace("{client_id}", "x")):
             raise ConfigError(f"AUTHZ_VAULT_PATH: {self.vault_path!r} is not a secret path")
+        vault_auth.validate_settings(self)
         if not self.client_id_claims:
             raise ConfigError("AUTHZ_CLIENT_ID_CLAIMS must name at least one claim")
         for claim in self.client_id_claims:

@@ -28,7 +28,7 @@ from typing import Any
 
 from authz.binaries import bao_binary, envoy_binary
 from authz.envoy_config import EnvoyParams, render
-from authz.errors import ConfigError
+from authz.errors import ConfigError, VaultUnavailable
 from authz.settings import Settings, parse_addr
 
 
@@ -81,13 +81,18 @@ def grpc_answers(addr: str) -> bool:
         return True
 
 
-def http_json(url: str, method: str = "GET") -> tuple[int, dict[str, Any]]:
+def http_call(url: str, method: str = "GET") -> tuple[int, bytes]:
     request = urllib.request.Request(url, method=method)  # noqa: S310 (our own http URLs)
     try:
         with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
-            return int(response.status), json.loads(response.read() or b"{}")
+            return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        return exc.code, exc.read()
+
+
+def http_json(url: str) -> tuple[int, dict[str, Any]]:
+    status, body = http_call(url)
+    return status, json.loads(body or b"{}")
 
 
 def envoy_active_requests(admin: str) -> int:
@@ -209,7 +214,7 @@ class Stack:
             return
         admin = f"{self.admin[0]}:{self.admin[1]}"
         try:
-            http_json(f"http://{admin}/drain_listeners?graceful&inboundonly", "POST")
+            http_call(f"http://{admin}/drain_listeners?graceful&inboundonly", "POST")
             deadline = time.monotonic() + self.settings.drain_timeout_s
             while envoy_active_requests(admin) > 0 and time.monotonic() < deadline:
                 time.sleep(0.1)  # poll the active-request gauge while streams finish
@@ -265,14 +270,22 @@ class Stack:
             lines.append(f"  export VAULT_ADDR={self.vault_addr} VAULT_TOKEN={self.vault_token}")
         lines += [
             "  OPENAI_API_KEY=sk-... authz tenant put my-tenant",
-            "Then call it with a Firebase ID token whose clientId claim is my-tenant:",
-            f"  curl {base}/api/openai/v1/models -H \"Authorization: Bearer $ID_TOKEN\"",
+            "  TOKEN=$(authz keys issue my-tenant)   # a client key; or a Firebase ID token "
+            "whose clientId claim is my-tenant",
+            f"  curl {base}/api/openai/v1/models -H \"Authorization: Bearer $TOKEN\"",
             "Ctrl-C stops everything.",
         ]
         return "\n".join(lines)
 
 
-def run_up(listen: str, settings_overrides: dict[str, object]) -> int:
+def run_up(listen: str, settings_overrides: dict[str, object], *, demo: bool = False) -> int:
+    if demo:
+        from authz import demo as demo_setup
+
+        problem = demo_setup.prepare(os.environ)
+        if problem:
+            print(f"authz up: {problem}", file=sys.stderr)
+            return 2
     try:
         listen_addr = parse_addr("--listen", listen)
         env_grpc = os.environ.get("AUTHZ_GRPC_ADDR")
@@ -294,6 +307,11 @@ def run_up(listen: str, settings_overrides: dict[str, object]) -> int:
     try:
         stack.start()
         print(stack.banner(), flush=True)
+        if demo:
+            print(demo_setup.create(
+                settings, stack.vault_addr, demo_setup.vault_token_for(stack.vault_token),
+                f"http://{listen_addr[0]}:{listen_addr[1]}", os.environ["OPENAI_API_KEY"].strip(),
+            ), flush=True)
         while not stopping:
             dead = stack.first_dead()
             if dead is not None and dead.process is not None:
@@ -304,7 +322,7 @@ def run_up(listen: str, settings_overrides: dict[str, object]) -> int:
         print("authz up: draining open requests, then stopping", file=sys.stderr, flush=True)
         stack.drain()
         return 0
-    except (StackError, FileNotFoundError, OSError) as exc:
+    except (StackError, FileNotFoundError, OSError, VaultUnavailable) as exc:
         print(f"authz up: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -1,4 +1,10 @@
-"""`authz tenant put|show|delete CLIENT_ID`: a tenant's OpenAI key in Vault.
+"""`authz tenant put|rotate|show|delete CLIENT_ID` and `authz tenant list`: a tenant's
+OpenAI key in Vault.
+
+`rotate` replaces the key of an existing tenant (keeping its organization and project
+unless given); the relay serves the new key once its cached copy is older than
+AUTHZ_KEY_CACHE_TTL (300 s by default), without a restart. `delete` also revokes the
+tenant's relay-issued client keys.
 
 Exit codes scripts can rely on: 0 done, 1 no such tenant, 2 bad usage or client id,
 3 Vault unreachable or refused. `show` never prints a whole key.
@@ -12,6 +18,7 @@ import os
 import sys
 
 from authz.client_id import validate_client_id
+from authz.client_key_store import VaultClientKeyStore
 from authz.errors import VaultUnavailable
 from authz.vault import TenantKey, VaultTenantStore, mask
 
@@ -21,15 +28,18 @@ EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT = 0, 1, 2, 3
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tenant = subparsers.add_parser("tenant", help="manage a tenant's OpenAI key in Vault")
     actions = tenant.add_subparsers(dest="action", required=True)
-    put = actions.add_parser("put", help="create or replace a tenant's key")
-    put.add_argument("client_id")
-    source = put.add_mutually_exclusive_group()
-    source.add_argument("--stdin", action="store_true",
-                        help="read the key from standard input (default: $OPENAI_API_KEY)")
-    source.add_argument("--api-key", help="the key itself (visible to other local users "
-                                          "in the process list: prefer --stdin)")
-    put.add_argument("--organization", help="sent upstream as OpenAI-Organization")
-    put.add_argument("--project", help="sent upstream as OpenAI-Project")
+    for name, text in (("put", "create or replace a tenant's key"),
+                       ("rotate", "replace the key of an existing tenant")):
+        put = actions.add_parser(name, help=text)
+        put.add_argument("client_id")
+        source = put.add_mutually_exclusive_group()
+        source.add_argument("--stdin", action="store_true",
+                            help="read the key from standard input (default: $OPENAI_API_KEY)")
+        source.add_argument("--api-key", help="the key itself (visible to other local users "
+                                              "in the process list: prefer --stdin)")
+        put.add_argument("--organization", help="sent upstream as OpenAI-Organization")
+        put.add_argument("--project", help="sent upstream as OpenAI-Project")
+    actions.add_parser("list", help="list every tenant (keys masked)")
     for name, text in (("show", "show a tenant (the key masked)"), ("delete", "remove a tenant")):
         action = actions.add_parser(name, help=text)
         action.add_argument("client_id")
@@ -64,13 +74,32 @@ def _read_key(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _list(args)
     try:
         client_id = validate_client_id(args.client_id)
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
     store = _store()
     try:
-        if args.action == "put":
+        if args.action == "rotate":
+            current = store.read(client_id)
+            if current is None:
+                return _fail(f"no tenant {client_id!r} (use put to create it)", EXIT_NOT_FOUND)
+            api_key = _read_key(args)
+            if not api_key:
+                return _fail("no key given: set OPENAI_API_KEY, or use --stdin", EXIT_USAGE)
+            if api_key == current.api_key:
+                return _fail("the new key is the key already stored", EXIT_USAGE)
+            version = store.write(client_id, TenantKey(
+                api_key, args.organization or current.organization,
+                args.project or current.project))
+            result = {"client_id": client_id, "version": version, "api_key": mask(api_key),
+                      "previous": mask(current.api_key)}
+            text = (f"tenant {client_id}: key {mask(current.api_key)} replaced by "
+                    f"{mask(api_key)} (version {version}); the relay uses it within "
+                    "AUTHZ_KEY_CACHE_TTL (300s by default)")
+        elif args.action == "put":
             api_key = _read_key(args)
             if not api_key:
                 return _fail("no key given: set OPENAI_API_KEY, or use --stdin", EXIT_USAGE)
@@ -88,10 +117,32 @@ def run(args: argparse.Namespace) -> int:
         else:
             if not store.delete(client_id):
                 return _fail(f"no tenant {client_id!r}", EXIT_NOT_FOUND)
-            result = {"client_id": client_id, "deleted": True}
-            text = f"tenant {client_id}: deleted"
+            revoked = VaultClientKeyStore.from_env().revoke_all(client_id)
+            result = {"client_id": client_id, "deleted": True, "client_keys_revoked": revoked}
+            text = f"tenant {client_id}: deleted ({revoked} client key(s) revoked)"
     except VaultUnavailable as exc:
         return _fail(f"Vault at {os.environ.get('VAULT_ADDR')} failed: {exc.log_detail}",
                      EXIT_VAULT)
     print(json.dumps(result) if args.json else text)
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    store = _store()
+    keys = VaultClientKeyStore.from_env()
+    try:
+        tenants = []
+        for client_id in keys.list_tenants():
+            key = store.read(client_id)
+            if key is not None:
+                tenants.append({"client_id": client_id, "api_key": mask(key.api_key),
+                                "organization": key.organization, "project": key.project})
+    except VaultUnavailable as exc:
+        return _fail(f"Vault at {os.environ.get('VAULT_ADDR')} failed: {exc.log_detail}",
+                     EXIT_VAULT)
+    if args.json:
+        print(json.dumps(tenants))
+    else:
+        for tenant in tenants:
+            print("  ".join(str(v) for v in tenant.values() if v is not None))
     return EXIT_OK

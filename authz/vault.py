@@ -8,6 +8,7 @@ VaultUnavailable, whose message never holds the token or a secret value.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,9 @@ import requests
 
 from authz.client_id import validate_client_id
 from authz.errors import VaultUnavailable
+from authz.vault_auth import StaticToken, TokenProvider
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,25 +42,29 @@ class VaultTenantStore:
     def __init__(
         self,
         addr: str,
-        token: str,
+        token: str | TokenProvider,
         *,
         mount: str = "secret",
         path_template: str = "openai/clients/{client_id}",
         timeout_s: float = 5.0,
     ) -> None:
         self._addr = addr
-        self._token = token
+        # A static token, or a login (AppRole, Kubernetes) kept valid by authz/vault_auth.py.
+        self._tokens: TokenProvider = StaticToken(token) if isinstance(token, str) else token
         self._mount = mount
         self._path_template = path_template
         self._timeout_s = timeout_s
         # requests.Session is not documented as thread-safe: one client per thread.
         self._local = threading.local()
+        self._renewal_stop = threading.Event()
+        self._renewal: threading.Thread | None = None
 
     def _client(self) -> hvac.Client:
         client: hvac.Client | None = getattr(self._local, "client", None)
         if client is None:
-            client = hvac.Client(url=self._addr, token=self._token, timeout=self._timeout_s)
+            client = hvac.Client(url=self._addr, timeout=self._timeout_s)
             self._local.client = client
+        client.token = self._tokens.token()
         return client
 
     def path_for(self, client_id: str) -> str:
@@ -66,9 +74,17 @@ class VaultTenantStore:
         """The tenant's key, None when it has none; VaultUnavailable when we cannot tell."""
         path = self.path_for(client_id)
         try:
-            response = self._client().secrets.kv.v2.read_secret_version(
-                path=path, mount_point=self._mount, raise_on_deleted_version=True
-            )
+            try:
+                response = self._client().secrets.kv.v2.read_secret_version(
+                    path=path, mount_point=self._mount, raise_on_deleted_version=True
+                )
+            except hvac.exceptions.Forbidden:
+                # A login token may have been revoked early: one new login, one retry.
+                if not self._tokens.refresh():
+                    raise
+                response = self._client().secrets.kv.v2.read_secret_version(
+                    path=path, mount_point=self._mount, raise_on_deleted_version=True
+                )
         except hvac.exceptions.InvalidPath:
             return None
         except (hvac.exceptions.VaultError, requests.RequestException, ValueError) as exc:
@@ -112,6 +128,51 @@ class VaultTenantStore:
         except (hvac.exceptions.VaultError, requests.RequestException) as exc:
             raise VaultUnavailable(f"vault delete failed: {type(exc).__name__}") from None
         return True
+
+    def renew_token(self) -> float:
+        """Renew our Vault token if it expires and is renewable; seconds until the next call.
+
+        A token with a TTL is renewed when half of it is left, so a short-lived token keeps
+        working for as long as Vault allows (its max TTL). A token without a TTL (root, or
+        one that never expires) is only looked at again every five minutes. Failures are
+        logged (never with the token) and retried soon; reads meanwhile fail as usual.
+        """
+        try:
+            info = self._client().auth.token.lookup_self()["data"]
+            ttl = float(info.get("ttl") or 0)
+            if ttl <= 0:
+                return 300.0
+            if info.get("renewable"):
+                auth = self._client().auth.token.renew_self()["auth"]
+                ttl = float(auth.get("lease_duration") or ttl)
+                log.debug("vault token renewed", extra={"ttl_s": ttl})
+            else:
+                log.warning("vault token is not renewable", extra={"ttl_s": ttl})
+        except (hvac.exceptions.VaultError, requests.RequestException, KeyError, TypeError,
+                ValueError) as exc:
+            log.warning("vault token renewal failed", extra={"error": type(exc).__name__})
+            return 2.0
+        return max(0.5, ttl / 2)
+
+    def start_token_renewal(self) -> None:
+        """Keep the token renewed from a background thread (see renew_token)."""
+        if not isinstance(self._tokens, StaticToken):
+            self._tokens.start()  # a login token: its provider renews or replaces it
+            return
+        if self._renewal is None:
+            self._renewal = threading.Thread(
+                target=self._renew_forever, name="vault-token-renewal", daemon=True
+            )
+            self._renewal.start()
+
+    def stop_token_renewal(self) -> None:
+        self._renewal_stop.set()
+        self._tokens.close()
+
+    def _renew_forever(self) -> None:
+        delay = self.renew_token()
+        while not self._renewal_stop.wait(delay):
+            delay = self.renew_token()
 
     def ping(self) -> bool:
         try:

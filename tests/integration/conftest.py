@@ -4,6 +4,8 @@ OpenAI upstream over TLS, and Firebase-shaped RS256 tokens checked against serve
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.firebase import FirebaseKeys
+from tests.support.processes import ManagedProcess, free_port
 from tests.support.relay import RelayStack
 from tests.support.tls import TestPKI
 from tests.support.vault import BaoDevServer
@@ -112,3 +115,48 @@ def sdk(relay: RelayStack, token_for: Callable[..., str]) -> Callable[..., opena
     yield make
     for client in clients:
         client.close()
+
+
+@dataclass
+class RunningUp:
+    """A running `authz up`, and the address it serves the relay on."""
+
+    process: ManagedProcess
+    listen_port: int
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}/api/openai/v1"
+
+
+@pytest.fixture
+def start_up(pki: TestPKI, firebase: FirebaseKeys, fake_openai: FakeOpenAI, tmp_path: Path
+             ) -> Iterator[Callable[..., RunningUp]]:
+    """Start `authz up` as a user would (only the given environment, no VAULT_ADDR unless
+    passed: then it runs its own OpenBao) and wait for its banner."""
+    started: list[ManagedProcess] = []
+
+    def start(extra_env: dict[str, str] | None = None, *args: str) -> RunningUp:
+        assert firebase.server is not None
+        listen_port = free_port()
+        env = {
+            "AUTHZ_FIREBASE_PROJECT_ID": firebase.project_id,
+            "AUTHZ_FIREBASE_CERTS_URL": firebase.server.url,
+            "AUTHZ_UPSTREAM_URL": fake_openai.url,
+            "AUTHZ_UPSTREAM_CA_FILE": str(pki.ca_file),
+            "AUTHZ_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+            **{k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ},
+            **(extra_env or {}),
+        }
+        process = ManagedProcess(
+            [sys.executable, "-m", "authz", "up", "--listen", f"127.0.0.1:{listen_port}",
+             *args],
+            env, tmp_path / f"up{len(started)}.log", inherit_env=False, name="authz-up")
+        started.append(process)
+        process.start()
+        process.wait_for_log(r"Ctrl-C stops everything", timeout=60)
+        return RunningUp(process, listen_port)
+
+    yield start
+    for process in started:
+        process.stop()

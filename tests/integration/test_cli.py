@@ -11,7 +11,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from tests.support.processes import ManagedProcess, free_port
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -71,29 +71,10 @@ def test_serve_refuses_to_start_on_bad_settings():
     assert "unsigned" in emulator.stderr
 
 
-def test_authz_up_runs_the_whole_stack_and_ctrl_c_stops_it(
-    pki, firebase, fake_openai, upstream, tmp_path
-):
-    listen_port = free_port()
-    env = {
-        "AUTHZ_FIREBASE_PROJECT_ID": firebase.project_id,
-        "AUTHZ_FIREBASE_CERTS_URL": firebase.server.url,
-        "AUTHZ_UPSTREAM_URL": fake_openai.url,
-        "AUTHZ_UPSTREAM_CA_FILE": str(pki.ca_file),
-        "AUTHZ_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-    }
-    up = ManagedProcess([sys.executable, "-m", "authz", "up", "--listen",
-                         f"127.0.0.1:{listen_port}"],
-                        {**env, "VAULT_ADDR": "", "VAULT_TOKEN": ""},
-                        tmp_path / "up.log", name="authz-up")
-    up.env.pop("VAULT_ADDR")
-    up.env.pop("VAULT_TOKEN")
-    up.inherit_env = False
-    up.env.update({k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ})
-    up.start()
+def test_authz_up_runs_the_whole_stack_and_ctrl_c_stops_it(start_up, firebase, upstream):
+    running = start_up()
+    up = running.process
     try:
-        banner = up.wait_for_log(r"Ctrl-C stops everything", timeout=60)
-        assert banner
         text = up.log_text()
         exports = re.search(r"export VAULT_ADDR=(\S+) VAULT_TOKEN=(\S+)", text)
         assert exports, text
@@ -103,8 +84,7 @@ def test_authz_up_runs_the_whole_stack_and_ctrl_c_stops_it(
         assert put.returncode == 0, put.stderr
 
         token = firebase.mint(None, "up-user", "up-tenant")
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{listen_port}/api/openai/v1",
-                               api_key=token, max_retries=0)
+        client = openai.OpenAI(base_url=running.api_base, api_key=token, max_retries=0)
         completion = client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         assert completion.choices[0].message.content
@@ -121,28 +101,14 @@ def test_authz_up_runs_the_whole_stack_and_ctrl_c_stops_it(
         for pid in child_pids:
             assert not _running(pid), f"child {pid} outlived authz up"
         with pytest.raises(httpx.TransportError):
-            httpx.get(f"http://127.0.0.1:{listen_port}/", timeout=2)
+            httpx.get(f"http://127.0.0.1:{running.listen_port}/", timeout=2)
     finally:
         up.stop()
 
 
-def test_authz_up_stops_and_says_which_child_died(pki, firebase, fake_openai, tmp_path):
-    listen_port = free_port()
-    env = {
-        "AUTHZ_FIREBASE_PROJECT_ID": firebase.project_id,
-        "AUTHZ_FIREBASE_CERTS_URL": firebase.server.url,
-        "AUTHZ_UPSTREAM_URL": fake_openai.url,
-        "AUTHZ_UPSTREAM_CA_FILE": str(pki.ca_file),
-        "AUTHZ_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-    }
-    up = ManagedProcess([sys.executable, "-m", "authz", "up", "--listen",
-                         f"127.0.0.1:{listen_port}"], env, tmp_path / "up.log",
-                        name="authz-up")
-    up.inherit_env = False
-    up.env.update({k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ})
-    up.start()
+def test_authz_up_stops_and_says_which_child_died(start_up):
+    up = start_up().process
     try:
-        up.wait_for_log(r"Ctrl-C stops everything", timeout=60)
         [envoy_pid] = _children(up.pid, "envoy")
         os.kill(envoy_pid, signal.SIGKILL)
         deadline = time.monotonic() + 30

@@ -117,6 +117,7 @@ class RelayStack:
                     listen_port=self.envoy_port,
                     admin_host="127.0.0.1",
                     admin_port=self.admin_port,
+                    health_port=self.health_port,
                     authz_host="127.0.0.1",
                     authz_port=self.authz_port,
                     upstream_url=self.env["AUTHZ_UPSTREAM_URL"],

@@ -1,0 +1,461 @@
+"""Where the service's Vault token comes from, and how it is kept valid.
+
+AUTHZ_VAULT_AUTH picks the method:
+
+- ``token``: the static VAULT_TOKEN, used as given (VaultTenantStore renews it itself
+  when it has a TTL).
+- ``approle``: log in at ``auth/<mount>/login`` with a role_id and a secret_id. The
+  secret_id is read from its file at every login, so it can be rotated in place.
+- ``kubernetes``: log in at ``auth/<mount>/login`` with the pod's service-account token
+  (a JWT), read from its file at every login: projected tokens are rotated by the
+  kubelet, and Vault checks each one with the Kubernetes TokenReview API.
+
+A token obtained by logging in is kept valid by a background thread: it is renewed
+(``auth/token/renew-self``) once ``RENEW_AT`` of its lease has passed, and replaced by a
+fresh login when it cannot be renewed, when renewal fails, or when Vault grants less
+than half of the login's TTL (the role's max TTL is near). A failed attempt is retried
+with a capped backoff, never later than the token's expiry. Meanwhile reads keep using
+the current token while it is valid; once it has expired and no new one could be had,
+``token()`` raises VaultUnavailable, so checks fail closed with a 500.
+
+Tokens, secret_ids and JWTs never reach a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import hvac
+import hvac.exceptions
+import requests
+
+from authz.errors import ConfigError, VaultUnavailable
+
+if TYPE_CHECKING:
+    from authz.settings import Settings
+
+__all__ = [
+    "AUTH_METHODS",
+    "AppRoleLogin",
+    "KubernetesLogin",
+    "LoginMethod",
+    "RenewingToken",
+    "StaticToken",
+    "TokenProvider",
+    "settings_from_env",
+    "token_provider",
+    "validate_settings",
+]
+
+log = logging.getLogger(__name__)
+
+AUTH_METHODS = ("token", "approle", "kubernetes")
+DEFAULT_K8S_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+#: Renew when this fraction of the lease has passed.
+RENEW_AT = 2 / 3
+_LOGIN_ERRORS = (
+    hvac.exceptions.VaultError,
+    requests.RequestException,
+    OSError,
+    KeyError,
+    TypeError,
+    ValueError,
+)
+
+
+class TokenProvider(Protocol):
+    """A Vault token for the next request."""
+
+    def token(self) -> str:
+        """The current token; VaultUnavailable when there is no valid one."""
+        ...
+
+    def refresh(self) -> bool:
+        """Vault refused the current token: get a new one now. True if one was obtained."""
+        ...
+
+    def start(self) -> None:
+        """Begin keeping the token valid in the background (idempotent)."""
+        ...
+
+    def close(self) -> None:
+        """Stop the background work and give the token back (best effort)."""
+        ...
+
+
+class StaticToken:
+    """AUTHZ_VAULT_AUTH=token: the token in VAULT_TOKEN, as given."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "StaticToken(<redacted>)"
+
+    def token(self) -> str:
+        return self._token
+
+    def refresh(self) -> bool:
+        return False  # nothing to log in with
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- login methods
+
+
+class LoginMethod(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def mount(self) -> str: ...
+
+    def login(self, client: hvac.Client) -> dict[str, Any]:
+        """Log in; returns Vault's ``auth`` block (client_token, lease_duration, renewable)."""
+        ...
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise OSError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"the {what} file {path} is empty")
+    return value
+
+
+@dataclass(frozen=True)
+class AppRoleLogin:
+    """AppRole: role_id (given, or read from a file) plus a secret_id read from a file."""
+
+    role_id: str = field(default="", repr=False)
+    role_id_file: str | None = None
+    secret_id_file: str | None = None
+    mount: str = "approle"
+    name: str = "approle"
+
+    def login(self, client: hvac.Client) -> dict[str, Any]:
+        role_id = self.role_id or _read_secret_file(self.role_id_file or "", "role_id")
+        secret_id = (
+            _read_secret_file(self.secret_id_file, "secret_id") if self.secret_id_file else None
+        )
+        reply = client.auth.approle.login(
+            role_id=role_id, secret_id=secret_id, mount_point=self.mount, use_token=False
+        )
+        auth: dict[str, Any] = reply["auth"]
+        return auth
+
+
+@dataclass(frozen=True)
+class KubernetesLogin:
+    """Kubernetes: a Vault role plus the service-account JWT read from a file."""
+
+    role: str
+    token_file: str = DEFAULT_K8S_TOKEN_FILE
+    mount: str = "kubernetes"
+    name: str = "kubernetes"
+
+    def login(self, client: hvac.Client) -> dict[str, Any]:
+        jwt = _read_secret_file(self.token_file, "service account token")
+        reply = client.auth.kubernetes.login(
+            role=self.role, jwt=jwt, mount_point=self.mount, use_token=False
+        )
+        auth: dict[str, Any] = reply["auth"]
+        return auth
+
+
+# --------------------------------------------------------------------------- the renewer
+
+
+@dataclass(frozen=True)
+class _Lease:
+    token: str = field(repr=False)
+    obtained_at: float
+    ttl_s: float  # 0: the token does not expire
+    renewable: bool
+    login_ttl_s: float  # the TTL the last login granted (renewals are compared with it)
+
+    @property
+    def expires_at(self) -> float:
+        return float("inf") if self.ttl_s <= 0 else self.obtained_at + self.ttl_s
+
+    @property
+    def refresh_at(self) -> float:
+        return float("inf") if self.ttl_s <= 0 else self.obtained_at + self.ttl_s * RENEW_AT
+
+
+class RenewingToken:
+    """A token from a login method, renewed or replaced before it expires."""
+
+    def __init__(
+        self,
+        addr: str,
+        method: LoginMethod,
+        *,
+        timeout_s: float = 5.0,
+        min_retry_s: float = 1.0,
+        max_retry_s: float = 30.0,
+        min_relogin_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        client_factory: Callable[[], hvac.Client] | None = None,
+    ) -> None:
+        self.method = method
+        self._clock = clock
+        self._min_retry_s = min_retry_s
+        self._max_retry_s = max_retry_s
+        self._min_relogin_interval_s = min_relogin_interval_s
+        self._make_client = client_factory or (
+            lambda: hvac.Client(url=addr, timeout=timeout_s)
+        )
+        self._lease: _Lease | None = None
+        self._lock = threading.Lock()  # guards _lease
+        self._io_lock = threading.Lock()  # one login or renewal at a time
+        self._client: hvac.Client | None = None
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.logins = 0
+        self.renewals = 0
+        self.errors = 0
+
+    def __repr__(self) -> str:
+        return f"RenewingToken({self.method.name}, mount={self.method.mount!r})"
+
+    # -- TokenProvider ---------------------------------------------------------
+
+    def token(self) -> str:
+        lease = self._current()
+        if lease is not None:
+            return lease.token
+        with self._io_lock:
+            lease = self._current()
+            if lease is None:
+                lease = self._login_or_raise()
+        return lease.token
+
+    def refresh(self) -> bool:
+        with self._io_lock:
+            lease = self._lease
+            if lease is not None and self._clock() - lease.obtained_at < (
+                self._min_relogin_interval_s
+            ):
+                # Someone just obtained this one; another login would not help.
+                return True
+            try:
+                self._login_or_raise()
+            except VaultUnavailable:
+                return False
+        self._wake.set()
+        return True
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"vault-{self.method.name}-renewal", daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        with self._io_lock, self._lock:
+            lease, self._lease = self._lease, None
+        if lease is not None and self._clock() < lease.expires_at:
+            try:
+                client = self._auth_client()
+                client.token = lease.token
+                client.auth.token.revoke_self()
+            except _LOGIN_ERRORS as exc:
+                log.debug("vault token revoke failed", extra={"error": type(exc).__name__})
+
+    # -- state -------------------------------------------------------------------
+
+    def _current(self) -> _Lease | None:
+        with self._lock:
+            lease = self._lease
+        if lease is None or self._clock() >= lease.expires_at:
+            return None
+        return lease
+
+    def seconds_until_refresh(self) -> float:
+        """How long the background thread waits before its next renewal or login."""
+        now = self._clock()
+        with self._lock:
+            lease = self._lease
+        due = self._next_attempt if lease is None or self._failures else lease.refresh_at
+        return max(0.0, due - now)
+
+    # -- login and renewal -------------------------------------------------------
+
+    def _auth_client(self) -> hvac.Client:
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _login_or_raise(self) -> _Lease:
+        """Log in (caller holds _io_lock). Raises VaultUnavailable on failure."""
+        try:
+            client = self._auth_client()
+            client.token = None
+            auth = self.method.login(client)
+            lease = self._lease_from(auth, login_ttl_s=None)
+        except _LOGIN_ERRORS as exc:
+            self._failed("login", exc)
+            raise VaultUnavailable(
+                f"vault {self.method.name} login failed: {type(exc).__name__}"
+            ) from None
+        self._set(lease)
+        self.logins += 1
+        log.info("vault login", extra={"method": self.method.name, "ttl_s": lease.ttl_s,
+                                       "renewable": lease.renewable})
+        return lease
+
+    def _renew_or_login(self) -> None:
+        """One background step: renew the token if worthwhile, else log in again."""
+        with self._io_lock:
+            lease = self._current()
+            if lease is not None and lease.renewable:
+                try:
+                    client = self._auth_client()
+                    client.token = lease.token
+                    auth = client.auth.token.renew_self()["auth"]
+                    renewed = self._lease_from(auth, login_ttl_s=lease.login_ttl_s)
+                except _LOGIN_ERRORS as exc:
+                    log.info("vault token renewal failed: logging in again",
+                             extra={"method": self.method.name, "error": type(exc).__name__})
+                else:
+                    if renewed.ttl_s >= renewed.login_ttl_s / 2:
+                        self._set(renewed)
+                        self.renewals += 1
+                        log.debug("vault token renewed", extra={"method": self.method.name,
+                                                                "ttl_s": renewed.ttl_s})
+                        return
+                    # Vault granted less than asked: the max TTL is near. Use the rest of
+                    # this token while a new login is made, which starts a new max TTL.
+                    self._set(renewed)
+            self._login_or_raise()
+
+    def _lease_from(self, auth: dict[str, Any], *, login_ttl_s: float | None) -> _Lease:
+        token = auth["client_token"]
+        if not isinstance(token, str) or not token:
+            raise ValueError("vault returned no client_token")
+        ttl = float(auth.get("lease_duration") or 0)
+        return _Lease(token=token, obtained_at=self._clock(), ttl_s=ttl,
+                      renewable=bool(auth.get("renewable")),
+                      login_ttl_s=ttl if login_ttl_s is None else login_ttl_s)
+
+    def _set(self, lease: _Lease) -> None:
+        with self._lock:
+            self._lease = lease
+        self._failures = 0
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.errors += 1
+        self._failures += 1
+        backoff = min(self._max_retry_s, self._min_retry_s * 2 ** (self._failures - 1))
+        now = self._clock()
+        lease = self._lease
+        if lease is not None and lease.expires_at > now:
+            # Try again before the token we still hold expires.
+            backoff = min(backoff, max(self._min_retry_s, (lease.expires_at - now) / 2))
+        self._next_attempt = now + backoff
+        log.warning(f"vault {what} failed", extra={"method": self.method.name,
+                                                  "error": type(exc).__name__,
+                                                  "retry_in_s": round(backoff, 3)})
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            delay = self.seconds_until_refresh()
+            if delay > 0:
+                self._wake.wait(None if delay == float("inf") else delay)
+                self._wake.clear()
+                continue
+            try:
+                self._renew_or_login()
+            except VaultUnavailable:
+                pass  # logged; _failed set the retry time
+            except Exception as exc:  # keep the thread alive whatever happens
+                self._failed("token renewal", exc)
+
+
+# --------------------------------------------------------------------------- settings
+
+_MOUNT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
+
+
+def settings_from_env(get: Callable[[str], str]) -> dict[str, object]:
+    """The Settings fields of Vault authentication, from their environment variables."""
+    return {
+        "vault_auth": (get("AUTHZ_VAULT_AUTH") or "token").lower(),
+        "vault_auth_mount": get("AUTHZ_VAULT_AUTH_MOUNT"),
+        "vault_role_id": get("AUTHZ_VAULT_ROLE_ID"),
+        "vault_role_id_file": get("AUTHZ_VAULT_ROLE_ID_FILE") or None,
+        "vault_secret_id_file": get("AUTHZ_VAULT_SECRET_ID_FILE") or None,
+        "vault_k8s_role": get("AUTHZ_VAULT_K8S_ROLE"),
+        "vault_k8s_token_file": get("AUTHZ_VAULT_K8S_TOKEN_FILE") or DEFAULT_K8S_TOKEN_FILE,
+    }
+
+
+def validate_settings(settings: Settings) -> None:
+    """Raise ConfigError naming the variable when the Vault login settings cannot work."""
+    method = settings.vault_auth
+    if method not in AUTH_METHODS:
+        raise ConfigError(f"AUTHZ_VAULT_AUTH: {method!r} is not one of {', '.join(AUTH_METHODS)}")
+    if settings.vault_auth_mount and not _MOUNT.match(settings.vault_auth_mount):
+        raise ConfigError(
+            f"AUTHZ_VAULT_AUTH_MOUNT: {settings.vault_auth_mount!r} is not a mount path"
+        )
+    if method == "approle":
+        if bool(settings.vault_role_id) == bool(settings.vault_role_id_file):
+            raise ConfigError("AUTHZ_VAULT_AUTH=approle needs exactly one of "
+                              "AUTHZ_VAULT_ROLE_ID and AUTHZ_VAULT_ROLE_ID_FILE")
+        for name, path in (("AUTHZ_VAULT_ROLE_ID_FILE", settings.vault_role_id_file),
+                           ("AUTHZ_VAULT_SECRET_ID_FILE", settings.vault_secret_id_file)):
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{name}: {path!r} is not a file")
+    elif method == "kubernetes":
+        if not settings.vault_k8s_role:
+            raise ConfigError("AUTHZ_VAULT_AUTH=kubernetes needs AUTHZ_VAULT_K8S_ROLE "
+                              "(the Vault role bound to this service account)")
+        if not os.path.isfile(settings.vault_k8s_token_file):
+            raise ConfigError(f"AUTHZ_VAULT_K8S_TOKEN_FILE: {settings.vault_k8s_token_file!r} "
+                              "is not a file (is a service account token mounted?)")
+
+
+def token_provider(settings: Settings) -> TokenProvider:
+    """The provider AUTHZ_VAULT_AUTH asks for (settings are already validated)."""
+    method: LoginMethod
+    if settings.vault_auth == "approle":
+        method = AppRoleLogin(
+            role_id=settings.vault_role_id,
+            role_id_file=settings.vault_role_id_file,
+            secret_id_file=settings.vault_secret_id_file,
+            mount=settings.vault_auth_mount or "approle",
+        )
+    elif settings.vault_auth == "kubernetes":
+        method = KubernetesLogin(
+            role=settings.vault_k8s_role,
+            token_file=settings.vault_k8s_token_file,
+            mount=settings.vault_auth_mount or "kubernetes",
+        )
+    else:
+        return StaticToken(settings.vault_token)
+    return RenewingToken(settings.vault_addr, method)
