@@ -62,16 +62,17 @@ def bearer_token(authorization: str | None) -> str:
 
 
 def headers_to_remove(names: Iterable[str], tenant_sets: Sequence[str]) -> tuple[str, ...]:
-    """Every client header the upstream must not receive, by exact name."""
-    removed = []
+    """Every client header the upstream must not receive, by exact name.
+
+    Envoy sends authz only `authorization` and strips the fixed names itself; this list
+    is the same defence for whatever headers a deployment does let through, plus the
+    tenant option headers the tenant does not set (a client must not choose them).
+    """
+    removed = [name for name in TENANT_OPTION_HEADERS if name not in tenant_sets]
     for name in names:
-        if name.startswith(":"):
+        if name.startswith(":") or name in removed:
             continue
-        if (
-            name in STRIPPED_HEADERS
-            or name.startswith(STRIPPED_PREFIXES)
-            or (name in TENANT_OPTION_HEADERS and name not in tenant_sets)
-        ):
+        if name in STRIPPED_HEADERS or name.startswith(STRIPPED_PREFIXES):
             removed.append(name)
     return tuple(removed)
 

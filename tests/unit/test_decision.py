@@ -97,8 +97,11 @@ def test_client_headers_that_name_a_tenant_or_forward_are_removed():
 
 
 def test_tenant_options_overwrite_rather_than_remove():
-    assert headers_to_remove(["openai-project", "accept"], ["openai-project"]) == ()
-    assert headers_to_remove(["openai-project"], []) == ("openai-project",)
+    assert headers_to_remove(["openai-project", "accept"], ["openai-project"]) == (
+        "openai-organization",)
+    assert headers_to_remove(["openai-project"], []) == (
+        "openai-organization", "openai-project")
+    assert headers_to_remove([], ["openai-organization", "openai-project"]) == ()
 
 
 @pytest.mark.parametrize(

@@ -336,7 +336,12 @@ def test_routes_and_hardening_present() -> None:
         assert needle in text, needle
     assert "envoy.filters.http.buffer" not in text
     assert "with_request_body" not in text
-    assert "allowed_headers" not in text
+    # authz is sent the credential only; Envoy strips the fixed header names itself.
+    indent = " " * 16
+    allowed = f"allowed_headers:\n{indent}patterns:\n{indent}- exact: authorization\n"
+    assert allowed in text
+    for name in ("cookie", "proxy-authorization", "x-api-key", "x-client-id", "x-tenant-id"):
+        assert f"              - {name}\n" in text, name
 
 
 # --------------------------------------------------------------------------- parse_upstream_url
