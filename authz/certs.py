@@ -18,7 +18,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -195,19 +195,6 @@ class KeyStore(Generic[K]):
 class CertStore(KeyStore[RSAPublicKey]):
     """Firebase's signing certificates: {kid: x509 PEM} → {kid: RSA public key}."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        fetch: Fetcher = urllib_fetch,
-        fetch_timeout_s: float = 5.0,
-        default_max_age_s: float = 3600.0,
-        min_refetch_interval_s: float = 10.0,
-        stale_if_error_s: float = 24 * 3600.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            url, parse_certs, fetch=fetch, fetch_timeout_s=fetch_timeout_s,
-            default_max_age_s=default_max_age_s, min_refetch_interval_s=min_refetch_interval_s,
-            stale_if_error_s=stale_if_error_s, clock=clock,
-        )
+    def __init__(self, url: str, **options: Any) -> None:
+        """Options as KeyStore's (fetch, timeouts, clock)."""
+        super().__init__(url, parse_certs, **options)

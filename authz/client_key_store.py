@@ -26,29 +26,22 @@ import base64
 import binascii
 import os
 import secrets
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hvac
-import hvac.exceptions
-import requests
-
 from authz.client_id import is_valid_client_id, validate_client_id
 from authz.client_keys import ClientKeyRecord, hint, key_hash, new_client_key
 from authz.errors import ConfigError, VaultUnavailable
-from authz.vault_auth import StaticToken, TokenProvider
+from authz.vault import KvStore
+from authz.vault_auth import TokenProvider
 
 DEFAULT_INDEX_PATH = "openai/client-keys"
 DEFAULT_PEPPER = "vault:openai/relay/client-key-pepper"
 DEFAULT_TENANT_PATH = "openai/clients/{client_id}"
 _PEPPER_BYTES = 32
-_VAULT_ERRORS = (hvac.exceptions.VaultError, requests.RequestException)
-
-
 @dataclass(frozen=True)
 class PepperSource:
     kind: str  # "vault" or "file"
@@ -107,15 +100,14 @@ class VaultClientKeyStore:
         pepper: PepperSource | None = None,
         timeout_s: float = 5.0,
     ) -> None:
-        self._addr = addr
         # A static token, or the service's login (AppRole, Kubernetes) from vault_auth.py.
-        self._tokens: TokenProvider = StaticToken(token) if isinstance(token, str) else token
-        self._mount = mount
+        self._kv = KvStore(addr, token, mount=mount, timeout_s=timeout_s)
+        self._read = self._kv.read
+        self._write = self._kv.write
+        self._list = self._kv.list
         self._tenant_path = tenant_path
         self._index_path = index_path.rstrip("/")
         self._pepper_source = pepper or parse_pepper_source("pepper", DEFAULT_PEPPER)
-        self._timeout_s = timeout_s
-        self._local = threading.local()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> VaultClientKeyStore:
@@ -128,52 +120,6 @@ class VaultClientKeyStore:
             pepper=parse_pepper_source("AUTHZ_CLIENT_KEY_PEPPER",
                                        env.get("AUTHZ_CLIENT_KEY_PEPPER") or DEFAULT_PEPPER),
         )
-
-    # -- Vault plumbing ---------------------------------------------------------------
-
-    def _client(self) -> hvac.Client:
-        client: hvac.Client | None = getattr(self._local, "client", None)
-        if client is None:
-            client = hvac.Client(url=self._addr, timeout=self._timeout_s)
-            self._local.client = client
-        client.token = self._tokens.token()
-        return client
-
-    def _read(self, path: str) -> dict[str, Any] | None:
-        try:
-            try:
-                response = self._client().secrets.kv.v2.read_secret_version(
-                    path=path, mount_point=self._mount, raise_on_deleted_version=True)
-            except hvac.exceptions.Forbidden:
-                # A login token may have been revoked early: one new login, one retry.
-                if not self._tokens.refresh():
-                    raise
-                response = self._client().secrets.kv.v2.read_secret_version(
-                    path=path, mount_point=self._mount, raise_on_deleted_version=True)
-        except hvac.exceptions.InvalidPath:
-            return None
-        except (*_VAULT_ERRORS, ValueError) as exc:
-            raise VaultUnavailable(f"vault read failed: {type(exc).__name__}") from None
-        data: Any = ((response or {}).get("data") or {}).get("data")
-        return data if isinstance(data, dict) else None
-
-    def _write(self, path: str, data: dict[str, Any], cas: int | None = None) -> None:
-        try:
-            self._client().secrets.kv.v2.create_or_update_secret(
-                path=path, secret=data, mount_point=self._mount, cas=cas)
-        except _VAULT_ERRORS as exc:
-            raise VaultUnavailable(f"vault write failed: {type(exc).__name__}") from None
-
-    def _list(self, path: str) -> list[str]:
-        try:
-            response = self._client().secrets.kv.v2.list_secrets(
-                path=path, mount_point=self._mount)
-        except hvac.exceptions.InvalidPath:
-            return []
-        except _VAULT_ERRORS as exc:
-            raise VaultUnavailable(f"vault list failed: {type(exc).__name__}") from None
-        keys = ((response or {}).get("data") or {}).get("keys") or []
-        return [k for k in keys if isinstance(k, str)]
 
     def tenant_path(self, client_id: str) -> str:
         return self._tenant_path.format(client_id=validate_client_id(client_id))
@@ -207,14 +153,8 @@ class VaultClientKeyStore:
         if self._pepper_source.kind == "file":
             raise VaultUnavailable("pepper file is empty")
         fresh = base64.b64encode(secrets.token_bytes(_PEPPER_BYTES)).decode("ascii")
-        try:
-            self._client().secrets.kv.v2.create_or_update_secret(
-                path=self._pepper_source.path, secret={"pepper": fresh},
-                mount_point=self._mount, cas=0)
-        except hvac.exceptions.InvalidRequest:
-            pass  # someone else created it first: use theirs
-        except _VAULT_ERRORS as exc:
-            raise VaultUnavailable(f"vault write failed: {type(exc).__name__}") from None
+        # Check-and-set: if someone else created it first, theirs is used below.
+        self._write(self._pepper_source.path, {"pepper": fresh}, create_only=True)
         pepper = self.read_pepper()
         if pepper is None:
             raise VaultUnavailable("pepper could not be created")
@@ -246,10 +186,12 @@ class VaultClientKeyStore:
                                   "created_at": now, "expires_at": expires_at}
         if name:
             record["name"] = name
-        self._write(self._record_path(client_id, key_id), record, cas=0)
-        self._write(self._index_entry(hashed), {"client_id": client_id, "key_id": key_id,
-                                                "expires_at": expires_at, "revoked": False},
-                    cas=0)
+        if self._write(self._record_path(client_id, key_id), record, create_only=True) is None:
+            raise VaultUnavailable("client key id collision: try again")
+        if self._write(self._index_entry(hashed), {"client_id": client_id, "key_id": key_id,
+                                                   "expires_at": expires_at, "revoked": False},
+                       create_only=True) is None:
+            raise VaultUnavailable("client key hash collision: try again")
         return IssuedKey(key, client_id, key_id, hint(key), now, expires_at)
 
     def list_keys(self, client_id: str) -> list[KeyInfo]:

@@ -13,14 +13,12 @@ import base64
 import binascii
 import json
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
 
-from authz.certs import Fetcher, KeyStore, urllib_fetch
+from authz.certs import KeyStore
 from authz.jwt import RSA_ALGORITHMS
 
 log = logging.getLogger(__name__)
@@ -77,19 +75,7 @@ class JwksStore(KeyStore[Jwk]):
     """One issuer's JWKS: fetched off the hot path, cached by Cache-Control max-age (5 min
     when the issuer sends none), re-fetched early (rate-limited) on an unknown kid."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        fetch: Fetcher = urllib_fetch,
-        fetch_timeout_s: float = 5.0,
-        default_max_age_s: float = 300.0,
-        min_refetch_interval_s: float = 10.0,
-        stale_if_error_s: float = 24 * 3600.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            url, parse_jwks, fetch=fetch, fetch_timeout_s=fetch_timeout_s,
-            default_max_age_s=default_max_age_s, min_refetch_interval_s=min_refetch_interval_s,
-            stale_if_error_s=stale_if_error_s, clock=clock,
-        )
+    def __init__(self, url: str, **options: Any) -> None:
+        """Options as KeyStore's (fetch, timeouts, clock)."""
+        options.setdefault("default_max_age_s", 300.0)
+        super().__init__(url, parse_jwks, **options)

@@ -123,3 +123,23 @@ def peek(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
         raise AuthenticationFailed("token is not a compact JWS")
     return (_json_object(_b64url(parts[0]), "header"),
             _json_object(_b64url(parts[1]), "payload"), parts[2])
+
+
+def check_times(claims: dict[str, Any], now: float, skew: float,
+                *, not_after_now: tuple[str, ...] = ("iat",)) -> None:
+    """exp in the future, the given claims (iat, auth_time...) not in the future and an
+    optional nbf reached, each with `skew` seconds of tolerance."""
+    if numeric_claim(claims, "exp") <= now - skew:
+        raise AuthenticationFailed("token expired")
+    for name in not_after_now:
+        if numeric_claim(claims, name) > now + skew:
+            raise AuthenticationFailed(f"token {name} in the future")
+    nbf = optional_numeric_claim(claims, "nbf")
+    if nbf is not None and nbf > now + skew:
+        raise AuthenticationFailed("token not yet valid")
+
+
+def check_subject(claims: dict[str, Any], max_chars: int = 128) -> None:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > max_chars:
+        raise AuthenticationFailed("token subject is empty, too long or not a string")

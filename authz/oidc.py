@@ -194,15 +194,5 @@ class OidcVerifier:
             aud if isinstance(aud, list) else [])
         if not any(isinstance(a, str) and a in self.config.audiences for a in audiences):
             raise AuthenticationFailed("token audience is not accepted")
-        exp = jwt.numeric_claim(claims, "exp")
-        iat = jwt.numeric_claim(claims, "iat")
-        if exp <= now - self._skew:
-            raise AuthenticationFailed("token expired")
-        if iat > now + self._skew:
-            raise AuthenticationFailed("token issued in the future")
-        nbf = jwt.optional_numeric_claim(claims, "nbf")
-        if nbf is not None and nbf > now + self._skew:
-            raise AuthenticationFailed("token not yet valid")
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUBJECT_CHARS:
-            raise AuthenticationFailed("token subject is empty, too long or not a string")
+        jwt.check_times(claims, now, self._skew)
+        jwt.check_subject(claims, MAX_SUBJECT_CHARS)

@@ -47,6 +47,7 @@ class CacheStats:
     stale_served: int = 0
     source_reads: int = 0
     source_errors: int = 0
+    source_successes: int = 0
 
 
 class AsyncTtlCache(Generic[K, V]):
@@ -141,6 +142,7 @@ class AsyncTtlCache(Generic[K, V]):
             log.exception("%s read failed unexpectedly", self._name)
             return self._on_error(key, InternalError(f"{self._name} read failed: "
                                                      f"{type(exc).__name__}"))
+        self.stats.source_successes += 1
         entry: _Entry[V] = _Entry(value, self._clock())
         if len(self._entries) >= self._max_entries and key not in self._entries:
             self._entries.pop(next(iter(self._entries)))

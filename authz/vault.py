@@ -38,6 +38,96 @@ def mask(secret: str) -> str:
     return f"{secret[:3]}…{secret[-4:]}"
 
 
+_VAULT_ERRORS = (hvac.exceptions.VaultError, requests.RequestException)
+
+
+class KvStore:
+    """One KV v2 mount, reached with a static token or a renewing login.
+
+    Per-thread hvac clients (requests.Session is not documented as thread-safe), one
+    retry after a fresh login when Vault answers 403 (a login token revoked early), and
+    every hvac or transport failure as VaultUnavailable, naming only the error's type.
+    """
+
+    def __init__(
+        self, addr: str, token: str | TokenProvider, *, mount: str = "secret",
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._addr = addr
+        # A static token, or a login (AppRole, Kubernetes) kept valid by authz/vault_auth.py.
+        self.tokens: TokenProvider = StaticToken(token) if isinstance(token, str) else token
+        self.mount = mount
+        self._timeout_s = timeout_s
+        self._local = threading.local()
+
+    def client(self) -> hvac.Client:
+        client: hvac.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = hvac.Client(url=self._addr, timeout=self._timeout_s)
+            self._local.client = client
+        client.token = self.tokens.token()
+        return client
+
+    def read(self, path: str) -> dict[str, Any] | None:
+        """The secret's data at path; None when there is none (or it was deleted)."""
+
+        def read_once() -> Any:
+            return self.client().secrets.kv.v2.read_secret_version(
+                path=path, mount_point=self.mount, raise_on_deleted_version=True)
+
+        try:
+            try:
+                response = read_once()
+            except hvac.exceptions.Forbidden:
+                if not self.tokens.refresh():
+                    raise
+                response = read_once()
+        except hvac.exceptions.InvalidPath:
+            return None
+        except (*_VAULT_ERRORS, ValueError) as exc:
+            raise VaultUnavailable(f"vault read failed: {type(exc).__name__}") from None
+        data: Any = ((response or {}).get("data") or {}).get("data")
+        return data if isinstance(data, dict) else None
+
+    def write(self, path: str, data: dict[str, Any], *, create_only: bool = False) -> int | None:
+        """Create or replace the secret at path; its new version. With create_only, a
+        secret that already exists is left alone and None is returned (check-and-set)."""
+        try:
+            response = self.client().secrets.kv.v2.create_or_update_secret(
+                path=path, secret=data, mount_point=self.mount, cas=0 if create_only else None)
+        except hvac.exceptions.InvalidRequest as exc:
+            if create_only and "check-and-set" in str(exc):
+                return None
+            raise VaultUnavailable(f"vault write failed: {type(exc).__name__}") from None
+        except _VAULT_ERRORS as exc:
+            raise VaultUnavailable(f"vault write failed: {type(exc).__name__}") from None
+        return int(((response or {}).get("data") or {}).get("version") or 0)
+
+    def list(self, path: str) -> list[str]:
+        try:
+            response = self.client().secrets.kv.v2.list_secrets(path=path, mount_point=self.mount)
+        except hvac.exceptions.InvalidPath:
+            return []
+        except _VAULT_ERRORS as exc:
+            raise VaultUnavailable(f"vault list failed: {type(exc).__name__}") from None
+        keys = ((response or {}).get("data") or {}).get("keys") or []
+        return [k for k in keys if isinstance(k, str)]
+
+    def delete(self, path: str) -> None:
+        """Remove every version of the secret at path."""
+        try:
+            self.client().secrets.kv.v2.delete_metadata_and_all_versions(
+                path=path, mount_point=self.mount)
+        except _VAULT_ERRORS as exc:
+            raise VaultUnavailable(f"vault delete failed: {type(exc).__name__}") from None
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client().sys.read_health_status(method="GET"))
+        except Exception:
+            return False
+
+
 class VaultTenantStore:
     def __init__(
         self,
@@ -48,48 +138,21 @@ class VaultTenantStore:
         path_template: str = "openai/clients/{client_id}",
         timeout_s: float = 5.0,
     ) -> None:
-        self._addr = addr
-        # A static token, or a login (AppRole, Kubernetes) kept valid by authz/vault_auth.py.
-        self._tokens: TokenProvider = StaticToken(token) if isinstance(token, str) else token
-        self._mount = mount
+        self._kv = KvStore(addr, token, mount=mount, timeout_s=timeout_s)
+        self._tokens = self._kv.tokens
         self._path_template = path_template
-        self._timeout_s = timeout_s
-        # requests.Session is not documented as thread-safe: one client per thread.
-        self._local = threading.local()
         self._renewal_stop = threading.Event()
         self._renewal: threading.Thread | None = None
 
     def _client(self) -> hvac.Client:
-        client: hvac.Client | None = getattr(self._local, "client", None)
-        if client is None:
-            client = hvac.Client(url=self._addr, timeout=self._timeout_s)
-            self._local.client = client
-        client.token = self._tokens.token()
-        return client
+        return self._kv.client()
 
     def path_for(self, client_id: str) -> str:
         return self._path_template.format(client_id=validate_client_id(client_id))
 
     def read(self, client_id: str) -> TenantKey | None:
         """The tenant's key, None when it has none; VaultUnavailable when we cannot tell."""
-        path = self.path_for(client_id)
-        try:
-            try:
-                response = self._client().secrets.kv.v2.read_secret_version(
-                    path=path, mount_point=self._mount, raise_on_deleted_version=True
-                )
-            except hvac.exceptions.Forbidden:
-                # A login token may have been revoked early: one new login, one retry.
-                if not self._tokens.refresh():
-                    raise
-                response = self._client().secrets.kv.v2.read_secret_version(
-                    path=path, mount_point=self._mount, raise_on_deleted_version=True
-                )
-        except hvac.exceptions.InvalidPath:
-            return None
-        except (hvac.exceptions.VaultError, requests.RequestException, ValueError) as exc:
-            raise VaultUnavailable(f"vault read failed: {type(exc).__name__}") from None
-        data: Any = ((response or {}).get("data") or {}).get("data") or {}
+        data = self._kv.read(self.path_for(client_id)) or {}
         api_key = data.get("api_key")
         if not isinstance(api_key, str) or not api_key.strip():
             return None
@@ -109,24 +172,13 @@ class VaultTenantStore:
             secret["organization"] = key.organization
         if key.project:
             secret["project"] = key.project
-        try:
-            response = self._client().secrets.kv.v2.create_or_update_secret(
-                path=self.path_for(client_id), secret=secret, mount_point=self._mount
-            )
-        except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-            raise VaultUnavailable(f"vault write failed: {type(exc).__name__}") from None
-        return int(response["data"]["version"])
+        return self._kv.write(self.path_for(client_id), secret) or 0
 
     def delete(self, client_id: str) -> bool:
         """Remove every version of the tenant's secret; False if there was none."""
         if self.read(client_id) is None:
             return False
-        try:
-            self._client().secrets.kv.v2.delete_metadata_and_all_versions(
-                path=self.path_for(client_id), mount_point=self._mount
-            )
-        except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-            raise VaultUnavailable(f"vault delete failed: {type(exc).__name__}") from None
+        self._kv.delete(self.path_for(client_id))
         return True
 
     def renew_token(self) -> float:
@@ -175,7 +227,4 @@ class VaultTenantStore:
             delay = self.renew_token()
 
     def ping(self) -> bool:
-        try:
-            return bool(self._client().sys.read_health_status(method="GET"))
-        except Exception:
-            return False
+        return self._kv.ping()

@@ -1,7 +1,6 @@
 """Firebase ID token verification with real RS256 signatures; certs from a fake fetcher."""
 
 import asyncio
-import json
 import time
 
 import pytest
@@ -10,24 +9,14 @@ from authz.certs import CertStore, parse_max_age
 from authz.errors import AuthenticationFailed, CertsUnavailable
 from authz.firebase import FirebaseVerifier
 from tests.support.firebase import FirebaseKeys
+from tests.support.key_endpoint import FakeKeyEndpoint
 
 PROJECT = "demo-relay"
 
 
-class FakeCertsEndpoint:
+def FakeCertsEndpoint(keys: FirebaseKeys, max_age: int = 3600) -> FakeKeyEndpoint:
     """Serves FirebaseKeys.certs_json() to CertStore without a socket."""
-
-    def __init__(self, keys: FirebaseKeys, max_age: int = 3600) -> None:
-        self.keys = keys
-        self.max_age = max_age
-        self.calls = 0
-        self.down = False
-
-    def __call__(self, url: str, timeout: float) -> tuple[bytes, str]:
-        self.calls += 1
-        if self.down:
-            raise OSError("connection refused")
-        return json.dumps(self.keys.certs_json()).encode(), f"public, max-age={self.max_age}"
+    return FakeKeyEndpoint(keys.certs_json, max_age)
 
 
 @pytest.fixture(scope="module")

@@ -10,24 +10,15 @@ import pytest
 from authz.errors import AuthenticationFailed, CertsUnavailable, ClientIdNotFound, ConfigError
 from authz.jwks import JwksStore, parse_jwks
 from authz.oidc import OidcIssuer, OidcVerifier, parse_oidc_issuers
+from tests.support.key_endpoint import FakeKeyEndpoint
 from tests.support.oidc import OidcIssuerKeys, jwk, new_rsa
 
 ISSUER = "https://login.example.test/"
 NOW = time.time()
 
 
-class FakeJwksEndpoint:
-    def __init__(self, keys: OidcIssuerKeys, max_age: int = 300) -> None:
-        self.keys = keys
-        self.max_age = max_age
-        self.calls = 0
-        self.down = False
-
-    def __call__(self, url: str, timeout: float) -> tuple[bytes, str]:
-        self.calls += 1
-        if self.down:
-            raise OSError("connection refused")
-        return json.dumps(self.keys.jwks()).encode(), f"public, max-age={self.max_age}"
+def FakeJwksEndpoint(keys: OidcIssuerKeys, max_age: int = 300) -> FakeKeyEndpoint:
+    return FakeKeyEndpoint(keys.jwks, max_age)
 
 
 @pytest.fixture(scope="module")
