@@ -41,18 +41,11 @@ from tests.containers.images import BuiltImages, build_all
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.firebase import FirebaseKeys
 from tests.support.processes import free_port
+from tests.support.tenants import Tenant
 from tests.support.tls import TestPKI
 
 CONTAINER_CA = "/etc/relay-test/ca.pem"
 READY_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class Tenant:
-    client_id: str
-    api_key: str
-    organization: str | None = None
-    project: str | None = None
 
 
 TENANTS = (

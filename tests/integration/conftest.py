@@ -18,18 +18,11 @@ from tests.support.fake_openai import FakeOpenAI
 from tests.support.firebase import FirebaseKeys
 from tests.support.processes import ManagedProcess, free_port
 from tests.support.relay import RelayStack
+from tests.support.tenants import Tenant
 from tests.support.tls import TestPKI
 from tests.support.vault import BaoDevServer
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class Tenant:
-    client_id: str
-    api_key: str
-    organization: str | None = None
-    project: str | None = None
 
 
 TENANTS = (

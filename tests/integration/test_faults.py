@@ -31,7 +31,7 @@ import pytest
 
 from tests.integration.conftest import TENANTS
 from tests.support.firebase import FirebaseKeys
-from tests.support.processes import ManagedProcess, free_port, wait_for_http
+from tests.support.processes import ManagedProcess, free_port, memory_kb, wait_for_http
 from tests.support.vault import BaoDevServer, find_bao
 
 pytestmark = pytest.mark.integration
@@ -100,14 +100,6 @@ def metric(relay, sample: str) -> float:
     raise AssertionError(f"{sample} not in metrics")
 
 
-def proc_kb(pid: int) -> dict[str, int]:
-    values = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                values[name] = int(rest.split()[0])
-    return values
 
 
 # --------------------------------------------------------------------------- authz killed
@@ -723,7 +715,7 @@ def test_500_concurrent_sse_streams_held_for_60s_with_bounded_memory(
     pids = {"envoy": relay.envoy.pid, "authz": relay.authz.pid}
     for tok in tokens:  # warm: identity and key caches, upstream pool
         assert call(relay, tok).status_code == 200
-    baseline = {name: proc_kb(pid) for name, pid in pids.items()}
+    baseline = {name: memory_kb(pid) for name, pid in pids.items()}
     samples: list[tuple[float, dict[str, int]]] = []
     chunks = SSE_HOLD_S + 1
     target = f"/api/openai/v1/test/stream?chunks={chunks}&interval_ms=1000"
@@ -751,7 +743,7 @@ def test_500_concurrent_sse_streams_held_for_60s_with_bounded_memory(
 
     async def sample(done: asyncio.Event) -> None:
         while not done.is_set():
-            samples.append((time.monotonic(), {n: proc_kb(p)["VmRSS"] for n, p in pids.items()}))
+            samples.append((time.monotonic(), {n: memory_kb(p)["VmRSS"] for n, p in pids.items()}))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), 1.0)
 
@@ -783,7 +775,7 @@ def test_500_concurrent_sse_streams_held_for_60s_with_bounded_memory(
     print(f"\n{SSE_STREAMS} SSE streams x {SSE_HOLD_S}s in {elapsed:.0f}s; baseline RSS (kB) "
           f"{ {n: b['VmRSS'] for n, b in baseline.items()} }; peak growth (kB) {growth}; "
           f"drift while held (kB) {drift}; VmHWM after (kB) "
-          f"{ {n: proc_kb(p)['VmHWM'] for n, p in pids.items()} }")
+          f"{ {n: memory_kb(p)['VmHWM'] for n, p in pids.items()} }")
     assert growth["envoy"] < ENVOY_SSE_GROWTH_BOUND_KB, growth
     assert growth["authz"] < AUTHZ_SSE_GROWTH_BOUND_KB, growth
     assert max(drift.values()) < HOLD_DRIFT_BOUND_KB, drift

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.support.firebase import b64url_encode
+from tests.support.processes import memory_kb
 
 pytestmark = pytest.mark.integration
 
@@ -726,14 +727,6 @@ def test_a_denied_upload_is_refused_before_its_body_is_sent(relay, upstream):
 # --------------------------------------------------------------------------- bodies (soak)
 
 
-def proc_status_kb(pid: int) -> dict[str, int]:
-    values = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                values[name] = int(rest.split()[0])
-    return values
 
 
 class RssSampler:
@@ -741,14 +734,14 @@ class RssSampler:
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
-        self.peak_kb = {name: proc_status_kb(pid)["VmRSS"] for name, pid in pids.items()}
+        self.peak_kb = {name: memory_kb(pid)["VmRSS"] for name, pid in pids.items()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
             for name, pid in self.pids.items():
-                self.peak_kb[name] = max(self.peak_kb[name], proc_status_kb(pid)["VmRSS"])
+                self.peak_kb[name] = max(self.peak_kb[name], memory_kb(pid)["VmRSS"])
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -793,7 +786,7 @@ def test_a_100mb_upload_streams_through_with_flat_memory(make_relay, upstream, t
                           headers={"authorization": f"Bearer {token}"}).status_code == 200
     upstream.clear()
     pids = {"envoy": relay.envoy.pid, "authz": relay.authz.pid}
-    before = {name: proc_status_kb(pid) for name, pid in pids.items()}
+    before = {name: memory_kb(pid) for name, pid in pids.items()}
     started = time.monotonic()
     with RssSampler(pids) as sampler, httpx.Client(timeout=120) as client:
         response = client.post(

@@ -268,3 +268,14 @@ class ManagedProcess:
     def __repr__(self) -> str:
         pid = self._popen.pid if self._popen else None
         return f"ManagedProcess({self.name!r}, pid={pid}, alive={self.alive()})"
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak) of a process, in kB, from /proc."""
+    values = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                values[name] = int(rest.split()[0])
+    return values
