@@ -17,7 +17,6 @@ import re
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from cryptography import x509
@@ -31,12 +30,6 @@ K = TypeVar("K")
 
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*(\d+)", re.IGNORECASE)
 _MAX_CERTS_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class FetchedCerts:
-    keys: Mapping[str, RSAPublicKey]
-    max_age_s: float
 
 
 # (url, timeout) -> (body bytes, Cache-Control header or "")

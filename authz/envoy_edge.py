@@ -24,8 +24,6 @@ _RPC_OK = 0
 _RPC_PERMISSION_DENIED = 7
 _RPC_UNAUTHENTICATED = 16
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-# Dynamic metadata namespace for Envoy's access log (%DYNAMIC_METADATA(...)%).
-METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 _MAX_CACHED = 10_000
 
 
