@@ -41,9 +41,9 @@ ENV PATH=/opt/authz/bin:$PATH \
     AUTHZ_GRPC_ADDR=127.0.0.1:9001 \
     AUTHZ_METRICS_ADDR=127.0.0.1:9464
 USER ${UID}:${UID}
-# gRPC health of the service itself, on loopback (authz.healthcheck explains why).
+# gRPC health of the service itself, on loopback (authz.edge.healthcheck explains why).
 HEALTHCHECK --interval=10s --timeout=4s --start-period=20s --retries=3 \
-  CMD ["/opt/authz/bin/python", "-m", "authz.healthcheck"]
+  CMD ["/opt/authz/bin/python", "-m", "authz.edge.healthcheck"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["authz"]
 CMD ["serve"]

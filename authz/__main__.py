@@ -1,3 +1,3 @@
-from authz.cli import main
+from authz.cli.main import main
 
 raise SystemExit(main())

@@ -11,10 +11,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from authz import token_settings, vault_auth
+from authz import token_settings
+from authz.credentials.oidc import OidcIssuer
 from authz.errors import ConfigError
-from authz.oidc import OidcIssuer
-from authz.vault_auth import DEFAULT_K8S_TOKEN_FILE
+from authz.tenants import vault_login as vault_auth
+from authz.tenants.vault_login import DEFAULT_K8S_TOKEN_FILE
 
 GOOGLE_SECURETOKEN_CERTS_URL = (
     "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"

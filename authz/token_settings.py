@@ -22,10 +22,10 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from authz.client_key_store import DEFAULT_INDEX_PATH, DEFAULT_PEPPER, parse_pepper_source
+from authz.credentials.firebase import ISSUER_PREFIX
+from authz.credentials.oidc import parse_oidc_issuers
 from authz.errors import ConfigError
-from authz.firebase import ISSUER_PREFIX
-from authz.oidc import parse_oidc_issuers
+from authz.tenants.client_key_store import DEFAULT_INDEX_PATH, DEFAULT_PEPPER, parse_pepper_source
 
 if TYPE_CHECKING:
     from authz.settings import Settings

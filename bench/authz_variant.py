@@ -1,7 +1,7 @@
 """`authz serve`, unchanged, with transport knobs the service does not expose (experiments).
 
 The service's code is not touched: this launcher adjusts, in its own process only,
-the gRPC server options ``authz.server`` passes to ``grpc.aio.server`` and, with
+the gRPC server options ``authz.service`` passes to ``grpc.aio.server`` and, with
 ``--unix``, adds a Unix-socket listener beside the TCP one (the TCP one still answers
 the readiness probe). Then it runs ``authz serve`` as the CLI would, settings from the
 environment.
@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import grpc
 
-    import authz.server as server_module
-    from authz import cli
+    import authz.service as server_module
+    from authz.cli import main as cli
 
     options = dict(server_module._GRPC_OPTIONS)
     if args.reuseport:

@@ -1,6 +1,6 @@
 """The Envoy configurations the benchmark compares, all rendered from THE template.
 
-- ``relay``: ``authz.envoy_config.render`` as every deployment gets it.
+- ``relay``: ``authz.stack.envoy_config.render`` as every deployment gets it.
 - ``alone``: the same YAML with the ext_authz HTTP filter (and the one per-route
   override that names it) cut out, so only the authorization step differs.
 - endpoint variants for experiments: several authz endpoints in the authz cluster,
@@ -18,8 +18,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from authz.binaries import envoy_binary
-from authz.envoy_config import EnvoyParams, render
+from authz.stack.binaries import envoy_binary
+from authz.stack.envoy_config import EnvoyParams, render
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from authz.binaries import envoy_binary
+from authz.stack.binaries import envoy_binary
 from bench.envoy_variants import (
     EnvoyPorts,
     render_relay,

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from authz.envoy_config import EnvoyParams, render  # noqa: E402
+from authz.stack.envoy_config import EnvoyParams, render  # noqa: E402
 
 BASE_OUTPUT = REPO / "deploy/kubernetes/base/envoy.yaml"
 HEADER = (

@@ -36,7 +36,7 @@ import hvac
 import pytest
 from testcontainers.core.container import DockerContainer
 
-from authz.healthcheck import check as grpc_health
+from authz.edge.healthcheck import check as grpc_health
 from tests.containers.images import BuiltImages, build_all
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.firebase import FirebaseKeys

@@ -30,7 +30,7 @@ import docker
 import docker.errors
 from testcontainers.core.image import DockerImage
 
-from authz.binaries import bao_binary, envoy_binary
+from authz.stack.binaries import bao_binary, envoy_binary
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent / "images"

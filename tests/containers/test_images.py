@@ -20,7 +20,7 @@ def test_authz_image_metadata(docker_client: docker.DockerClient, images):
     assert config["Entrypoint"] == ["authz"]
     assert config["Cmd"] == ["serve"]
     assert config["Healthcheck"]["Test"] == [
-        "CMD", "/opt/authz/bin/python", "-m", "authz.healthcheck"]
+        "CMD", "/opt/authz/bin/python", "-m", "authz.edge.healthcheck"]
     assert config["Env"].count("AUTHZ_GRPC_ADDR=127.0.0.1:9001") == 1
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from authz.envoy_config import EnvoyParams, render
+from authz.stack.envoy_config import EnvoyParams, render
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ import openai
 import pytest
 
 from authz.errors import VaultUnavailable
-from authz.vault import VaultTenantStore
-from authz.vault_auth import AppRoleLogin, KubernetesLogin, RenewingToken
+from authz.tenants.vault import VaultTenantStore
+from authz.tenants.vault_login import AppRoleLogin, KubernetesLogin, RenewingToken
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.kubernetes import FakeKubernetesAPI, ServiceAccount
 from tests.support.relay import RelayStack

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from authz.binaries import envoy_binary
-from authz.envoy_config import EnvoyParams, render
+from authz.stack.binaries import envoy_binary
+from authz.stack.envoy_config import EnvoyParams, render
 from tests.support.processes import ManagedProcess, free_port, wait_for_http
 
 READY_TIMEOUT_S = 30.0

@@ -1,0 +1,90 @@
+"""The protobuf edge: Envoy's CheckRequest in, a serialized CheckResponse out.
+
+Nothing else in the service touches protobuf. Envoy's types come from xds-protos and
+parse with protobuf's upb runtime. Responses are cached as bytes: the same decision
+(tenant key, header set) yields the same bytes, so most checks serialize nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+
+from authz.pipeline.decision import Allow, Decision, Deny
+
+CheckRequest = external_auth_pb2.CheckRequest
+
+# google.rpc.Code values Envoy reads from CheckResponse.status.
+_RPC_OK = 0
+_RPC_PERMISSION_DENIED = 7
+_RPC_UNAUTHENTICATED = 16
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_MAX_CACHED = 10_000
+
+
+def request_headers(request: external_auth_pb2.CheckRequest) -> Mapping[str, str]:
+    """The client's request headers, lower-case names, as Envoy sent them."""
+    return request.attributes.request.http.headers  # type: ignore[no-any-return]
+
+
+def _allow_bytes(decision: Allow) -> bytes:
+    response = external_auth_pb2.CheckResponse()
+    response.status.code = _RPC_OK
+    ok = response.ok_response
+    for name, value in decision.set_headers:
+        option = ok.headers.add()
+        option.header.key = name
+        option.header.value = value
+        option.append_action = _OVERWRITE
+    ok.headers_to_remove.extend(decision.remove_headers)
+    metadata = struct_pb2.Struct()
+    metadata.update({"client_id": decision.client_id, "token_type": decision.token_type})
+    response.dynamic_metadata.CopyFrom(metadata)
+    return bytes(response.SerializeToString())
+
+
+def _deny_bytes(decision: Deny) -> bytes:
+    error = decision.error
+    response = external_auth_pb2.CheckResponse()
+    response.status.code = _RPC_UNAUTHENTICATED if error.status == 401 else _RPC_PERMISSION_DENIED
+    denied = response.denied_response
+    denied.status.code = http_status_pb2.StatusCode.Value(
+        "Unauthorized" if error.status == 401 else "InternalServerError"
+    )
+    option = denied.headers.add()
+    option.header.key = "content-type"
+    option.header.value = "application/json"
+    option.append_action = _OVERWRITE
+    denied.body = json.dumps(error.body())
+    return bytes(response.SerializeToString())
+
+
+class ResponseEncoder:
+    """Decision → CheckResponse bytes, with a bounded cache of recent encodings."""
+
+    def __init__(self, max_entries: int = _MAX_CACHED) -> None:
+        self._max_entries = max_entries
+        self._allow: dict[Allow, bytes] = {}
+        self._deny: dict[tuple[type, int, str], bytes] = {}
+
+    def encode(self, decision: Decision) -> bytes:
+        if isinstance(decision, Allow):
+            cached = self._allow.get(decision)
+            if cached is None:
+                cached = _allow_bytes(decision)
+                if len(self._allow) >= self._max_entries:
+                    self._allow.pop(next(iter(self._allow)))
+                self._allow[decision] = cached
+            return cached
+        key = (type(decision.error), decision.error.status, decision.error.detail)
+        cached = self._deny.get(key)
+        if cached is None:
+            cached = _deny_bytes(decision)
+            if len(self._deny) < 256:
+                self._deny[key] = cached
+        return cached

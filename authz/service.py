@@ -1,0 +1,214 @@
+"""`authz serve`: the ext_authz gRPC service, its health service and its metrics.
+
+Wiring only: build the pieces from Settings, serve Envoy's Check RPC, report health,
+stop gracefully on SIGTERM/SIGINT (in-flight checks finish, new ones are refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from authz.credentials.identity import IdentityCache
+from authz.credentials.jose.certs import CertStore
+from authz.credentials.verifiers import build_token_verifiers
+from authz.edge import logs
+from authz.edge.admin_http import AdminServer
+from authz.edge.envoy_check import CheckRequest, ResponseEncoder, request_headers
+from authz.edge.metrics import Metrics, StatsCollector
+from authz.pipeline.decision import Allow, Authorizer
+from authz.settings import Settings
+from authz.tenants.key_cache import KeyCache
+from authz.tenants.vault import VaultTenantStore
+from authz.tenants.vault_login import token_provider
+
+log = logging.getLogger(__name__)
+
+AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+_GRPC_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 1 << 20),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+class AuthzService:
+    """Everything one process needs to decide checks, built once from Settings."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics(tenants=settings.metrics_tenants,
+                                          tenant_cap=settings.metrics_tenant_cap)
+        self.certs = CertStore(settings.firebase_certs_url)
+        vault_tokens = token_provider(settings)  # one login, shared by every Vault reader
+        self.vault = VaultTenantStore(
+            settings.vault_addr, vault_tokens,
+            mount=settings.vault_mount, path_template=settings.vault_path,
+        )
+        self.keys = KeyCache(
+            self.vault,
+            ttl_s=settings.key_cache_ttl_s,
+            stale_if_error_s=settings.key_stale_if_error_s,
+            negative_ttl_s=settings.key_negative_ttl_s,
+        )
+        self.identities = IdentityCache(settings.token_cache_size)
+        # Every enabled token type behind one dispatcher (Firebase, OIDC, client keys...).
+        self.tokens = build_token_verifiers(settings, self.certs, vault_tokens)
+        self.authorizer = Authorizer(
+            self.tokens,
+            self.keys,
+            identity_cache=self.identities,
+        )
+        self.encoder = ResponseEncoder()
+        self.vault_pinged = False
+        self.in_flight = 0
+        self.metrics.registry.register(
+            StatsCollector(self._cache_events, self._source_errors, lambda: self.in_flight)
+        )
+
+    async def check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        started = time.perf_counter()
+        self.in_flight += 1
+        try:
+            decision = await self.authorizer.check(request_headers(request))
+        finally:
+            self.in_flight -= 1
+        if isinstance(decision, Allow):
+            outcome = "allowed"
+            self.metrics.count_tenant(decision.client_id)
+        else:
+            outcome = decision.error.reason
+            if log.isEnabledFor(logging.DEBUG) or decision.error.status >= 500:
+                log.log(
+                    logging.WARNING if decision.error.status >= 500 else logging.DEBUG,
+                    "check denied",
+                    extra={"reason": outcome, "status": decision.error.status,
+                           "cause": decision.error.log_detail},
+                )
+        self.metrics.count(outcome, decision.token_type, time.perf_counter() - started)
+        return self.encoder.encode(decision)
+
+    @property
+    def vault_reached(self) -> bool:
+        return self.vault_pinged or self.keys.stats.source_successes > 0
+
+    def readiness(self) -> dict[str, Any]:
+        """Ready once we can verify tokens (certs loaded) and have reached Vault once."""
+        certs, vault = self.tokens.ready, self.vault_reached
+        return {"ready": certs and vault, "certs_loaded": certs, "vault_reached": vault}
+
+    def invalidate(self, client_id: str | None) -> None:
+        self.keys.invalidate(client_id)
+
+    async def watch_readiness(self, health_servicer: health.aio.HealthServicer) -> None:
+        """Keep gRPC health and the ready gauge in step with readiness; ping Vault
+        until it has answered once."""
+        last: bool | None = None
+        while True:
+            if not self.vault_reached:
+                self.vault_pinged = await asyncio.to_thread(self.vault.ping)
+            ready = bool(self.readiness()["ready"])
+            if ready != last:
+                status = (health_pb2.HealthCheckResponse.SERVING if ready
+                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+                for name in ("", AUTHORIZATION_SERVICE):
+                    await health_servicer.set(name, status)
+                self.metrics.ready.set(1 if ready else 0)
+                log.info("readiness changed", extra=self.readiness())
+                last = ready
+            await asyncio.sleep(1.0 if not ready else 5.0)
+
+    def _cache_events(self) -> Iterable[tuple[str, str, float]]:
+        k = self.keys.stats
+        return [
+            ("token", "hit", self.identities.hits), ("token", "miss", self.identities.misses),
+            ("key", "hit", k.hits), ("key", "miss", k.misses), ("key", "stale", k.stale_served),
+            ("key", "source_read", k.source_reads), ("cert", "fetch", self.certs.fetch_count),
+        ]
+
+    def _source_errors(self) -> Iterable[tuple[str, float]]:
+        return [("vault", self.keys.stats.source_errors), ("certs", self.certs.error_count)]
+
+
+def _check_handler(service: AuthzService) -> grpc.GenericRpcHandler:
+    # Responses are pre-serialized bytes (see ResponseEncoder), so the serializer is identity.
+    return grpc.method_handlers_generic_handler(
+        AUTHORIZATION_SERVICE,
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                service.check,
+                request_deserializer=CheckRequest.FromString,
+                response_serializer=lambda payload: payload,
+            )
+        },
+    )
+
+
+async def serve(settings: Settings) -> None:
+    logs.configure(settings.log_level)
+    service = AuthzService(settings)
+    server = grpc.aio.server(options=_GRPC_OPTIONS)
+    server.add_generic_rpc_handlers([_check_handler(service)])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    host, port = settings.grpc_addr
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if not bound:
+        raise OSError(f"cannot listen on {host}:{port}")
+    await server.start()
+
+    admin: AdminServer | None = None
+    if settings.metrics_addr is not None:
+        loop = asyncio.get_running_loop()
+
+        def invalidate_on_loop(client_id: str | None) -> None:
+            loop.call_soon_threadsafe(service.invalidate, client_id)
+
+        admin = AdminServer(
+            *settings.metrics_addr,
+            registry=service.metrics.registry,
+            readiness=service.readiness,
+            invalidate=invalidate_on_loop,
+        )
+        admin.start()
+
+    # First cert fetch before the first health report; a failure is not fatal (checks
+    # answer 500 until certs arrive, the refresher keeps trying, health says NOT_SERVING).
+    await service.tokens.start()
+    service.vault.start_token_renewal()
+    readiness = asyncio.ensure_future(service.watch_readiness(health_servicer))
+    log.info("authz serving", extra={
+        "grpc": f"{host}:{port}",
+        "metrics": settings.metrics_addr and "{}:{}".format(*settings.metrics_addr),
+        "certs_loaded": service.tokens.ready,
+        "vault": settings.vault_addr,
+    })
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    grace_s = settings.drain_timeout_s
+    log.info("authz stopping: finishing in-flight checks", extra={"grace_s": grace_s})
+    readiness.cancel()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_s)
+    await service.tokens.stop()
+    service.vault.stop_token_renewal()
+    if admin is not None:
+        admin.stop()
+    with contextlib.suppress(Exception):
+        service.keys.close()
+    log.info("authz stopped")

@@ -1,0 +1,230 @@
+"""Tenant secrets in Vault (or OpenBao) KV v2, through hvac.
+
+One secret per tenant at <mount>/<path with {client_id}>, field `api_key` and optional
+`organization` and `project`. hvac is synchronous: the service calls `read` from a worker
+thread, never on the event loop. Every hvac or transport failure becomes
+VaultUnavailable, whose message never holds the token or a secret value.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import requests
+
+from authz.errors import VaultUnavailable
+from authz.tenants.client_id import validate_client_id
+from authz.tenants.vault_login import StaticToken, TokenProvider
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TenantKey:
+    api_key: str = field(repr=False)
+    organization: str | None = None
+    project: str | None = None
+
+
+def mask(secret: str) -> str:
+    """Enough of a key to recognise it, never enough to use it."""
+    if len(secret) <= 12:
+        return "…" + "*" * min(len(secret), 4)
+    return f"{secret[:3]}…{secret[-4:]}"
+
+
+_VAULT_ERRORS = (hvac.exceptions.VaultError, requests.RequestException)
+
+
+class KvStore:
+    """One KV v2 mount, reached with a static token or a renewing login.
+
+    Per-thread hvac clients (requests.Session is not documented as thread-safe), one
+    retry after a fresh login when Vault answers 403 (a login token revoked early), and
+    every hvac or transport failure as VaultUnavailable, naming only the error's type.
+    """
+
+    def __init__(
+        self, addr: str, token: str | TokenProvider, *, mount: str = "secret",
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._addr = addr
+        # A static token, or a login (AppRole, Kubernetes) kept valid by authz/vault_auth.py.
+        self.tokens: TokenProvider = StaticToken(token) if isinstance(token, str) else token
+        self.mount = mount
+        self._timeout_s = timeout_s
+        self._local = threading.local()
+
+    def client(self) -> hvac.Client:
+        client: hvac.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = hvac.Client(url=self._addr, timeout=self._timeout_s)
+            self._local.client = client
+        client.token = self.tokens.token()
+        return client
+
+    def read(self, path: str) -> dict[str, Any] | None:
+        """The secret's data at path; None when there is none (or it was deleted)."""
+
+        def read_once() -> Any:
+            return self.client().secrets.kv.v2.read_secret_version(
+                path=path, mount_point=self.mount, raise_on_deleted_version=True)
+
+        try:
+            try:
+                response = read_once()
+            except hvac.exceptions.Forbidden:
+                if not self.tokens.refresh():
+                    raise
+                response = read_once()
+        except hvac.exceptions.InvalidPath:
+            return None
+        except (*_VAULT_ERRORS, ValueError) as exc:
+            raise VaultUnavailable(f"vault read failed: {type(exc).__name__}") from None
+        data: Any = ((response or {}).get("data") or {}).get("data")
+        return data if isinstance(data, dict) else None
+
+    def write(self, path: str, data: dict[str, Any], *, create_only: bool = False) -> int | None:
+        """Create or replace the secret at path; its new version. With create_only, a
+        secret that already exists is left alone and None is returned (check-and-set)."""
+        try:
+            response = self.client().secrets.kv.v2.create_or_update_secret(
+                path=path, secret=data, mount_point=self.mount, cas=0 if create_only else None)
+        except hvac.exceptions.InvalidRequest as exc:
+            if create_only and "check-and-set" in str(exc):
+                return None
+            raise VaultUnavailable(f"vault write failed: {type(exc).__name__}") from None
+        except _VAULT_ERRORS as exc:
+            raise VaultUnavailable(f"vault write failed: {type(exc).__name__}") from None
+        return int(((response or {}).get("data") or {}).get("version") or 0)
+
+    def list(self, path: str) -> list[str]:
+        try:
+            response = self.client().secrets.kv.v2.list_secrets(path=path, mount_point=self.mount)
+        except hvac.exceptions.InvalidPath:
+            return []
+        except _VAULT_ERRORS as exc:
+            raise VaultUnavailable(f"vault list failed: {type(exc).__name__}") from None
+        keys = ((response or {}).get("data") or {}).get("keys") or []
+        return [k for k in keys if isinstance(k, str)]
+
+    def delete(self, path: str) -> None:
+        """Remove every version of the secret at path."""
+        try:
+            self.client().secrets.kv.v2.delete_metadata_and_all_versions(
+                path=path, mount_point=self.mount)
+        except _VAULT_ERRORS as exc:
+            raise VaultUnavailable(f"vault delete failed: {type(exc).__name__}") from None
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client().sys.read_health_status(method="GET"))
+        except Exception:
+            return False
+
+
+class VaultTenantStore:
+    def __init__(
+        self,
+        addr: str,
+        token: str | TokenProvider,
+        *,
+        mount: str = "secret",
+        path_template: str = "openai/clients/{client_id}",
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._kv = KvStore(addr, token, mount=mount, timeout_s=timeout_s)
+        self._tokens = self._kv.tokens
+        self._path_template = path_template
+        self._renewal_stop = threading.Event()
+        self._renewal: threading.Thread | None = None
+
+    def _client(self) -> hvac.Client:
+        return self._kv.client()
+
+    def path_for(self, client_id: str) -> str:
+        return self._path_template.format(client_id=validate_client_id(client_id))
+
+    def read(self, client_id: str) -> TenantKey | None:
+        """The tenant's key, None when it has none; VaultUnavailable when we cannot tell."""
+        data = self._kv.read(self.path_for(client_id)) or {}
+        api_key = data.get("api_key")
+        if not isinstance(api_key, str) or not api_key.strip():
+            return None
+        organization = data.get("organization")
+        project = data.get("project")
+        return TenantKey(
+            api_key=api_key.strip(),
+            organization=organization.strip() if isinstance(organization, str) and
+            organization.strip() else None,
+            project=project.strip() if isinstance(project, str) and project.strip() else None,
+        )
+
+    def write(self, client_id: str, key: TenantKey) -> int:
+        """Create or replace the tenant's secret; returns the new version."""
+        secret = {"api_key": key.api_key}
+        if key.organization:
+            secret["organization"] = key.organization
+        if key.project:
+            secret["project"] = key.project
+        return self._kv.write(self.path_for(client_id), secret) or 0
+
+    def delete(self, client_id: str) -> bool:
+        """Remove every version of the tenant's secret; False if there was none."""
+        if self.read(client_id) is None:
+            return False
+        self._kv.delete(self.path_for(client_id))
+        return True
+
+    def renew_token(self) -> float:
+        """Renew our Vault token if it expires and is renewable; seconds until the next call.
+
+        A token with a TTL is renewed when half of it is left, so a short-lived token keeps
+        working for as long as Vault allows (its max TTL). A token without a TTL (root, or
+        one that never expires) is only looked at again every five minutes. Failures are
+        logged (never with the token) and retried soon; reads meanwhile fail as usual.
+        """
+        try:
+            info = self._client().auth.token.lookup_self()["data"]
+            ttl = float(info.get("ttl") or 0)
+            if ttl <= 0:
+                return 300.0
+            if info.get("renewable"):
+                auth = self._client().auth.token.renew_self()["auth"]
+                ttl = float(auth.get("lease_duration") or ttl)
+                log.debug("vault token renewed", extra={"ttl_s": ttl})
+            else:
+                log.warning("vault token is not renewable", extra={"ttl_s": ttl})
+        except (hvac.exceptions.VaultError, requests.RequestException, KeyError, TypeError,
+                ValueError) as exc:
+            log.warning("vault token renewal failed", extra={"error": type(exc).__name__})
+            return 2.0
+        return max(0.5, ttl / 2)
+
+    def start_token_renewal(self) -> None:
+        """Keep the token renewed from a background thread (see renew_token)."""
+        if not isinstance(self._tokens, StaticToken):
+            self._tokens.start()  # a login token: its provider renews or replaces it
+            return
+        if self._renewal is None:
+            self._renewal = threading.Thread(
+                target=self._renew_forever, name="vault-token-renewal", daemon=True
+            )
+            self._renewal.start()
+
+    def stop_token_renewal(self) -> None:
+        self._renewal_stop.set()
+        self._tokens.close()
+
+    def _renew_forever(self) -> None:
+        delay = self.renew_token()
+        while not self._renewal_stop.wait(delay):
+            delay = self.renew_token()
+
+    def ping(self) -> bool:
+        return self._kv.ping()
