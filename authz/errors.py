@@ -1,7 +1,12 @@
 """Every reason a check can deny, as a type that knows its HTTP status and public body.
 
     RelayError                  base: status + public message (+ optional safe detail)
+    ├── BadRequest              400  a JSON body that cannot be read (governed tenants)
     ├── AuthenticationFailed    401  the credential is missing, malformed, forged or stale
+    ├── EndpointNotAllowed      403  the tenant's policy does not allow this method and path
+    ├── ModelNotAllowed         403  the policy lists models and the body names another
+    ├── RateLimitExceeded       429  a request-rate or concurrency limit is reached
+    ├── TokenBudgetExhausted    429  a token budget of the current UTC day is used up
     ├── ClientIdNotFound        500  a valid identity, but no usable clientId in its claims
     ├── ApiKeyNotFound          500  a known clientId with no key in Vault
     └── InternalError           500  we could not decide (Vault or the cert endpoint down, a bug)
@@ -39,6 +44,46 @@ class AuthenticationFailed(RelayError):
     status = 401
     public_message = "Authentication failed"
     reason = "authentication_failed"
+
+
+class BadRequest(RelayError):
+    status = 400
+    public_message = "Bad request"
+    reason = "bad_request"
+
+
+class EndpointNotAllowed(RelayError):
+    status = 403
+    public_message = "Endpoint not allowed"
+    reason = "endpoint_not_allowed"
+
+
+class ModelNotAllowed(RelayError):
+    status = 403
+    public_message = "Model not allowed"
+    reason = "model_not_allowed"
+
+
+class LimitReached(RelayError):
+    """429 with `details` = the limit's name and a truthful `Retry-After` (seconds)."""
+
+    status = 429
+    has_details = True
+
+    def __init__(self, limit_name: str, retry_after_s: int, log_detail: str = "") -> None:
+        super().__init__(log_detail or limit_name, detail=limit_name)
+        self.limit_name = limit_name
+        self.retry_after_s = max(1, int(retry_after_s))
+
+
+class RateLimitExceeded(LimitReached):
+    public_message = "Rate limit exceeded"
+    reason = "rate_limited"
+
+
+class TokenBudgetExhausted(LimitReached):
+    public_message = "Token budget exhausted"
+    reason = "budget_exhausted"
 
 
 class ClientIdNotFound(RelayError):
