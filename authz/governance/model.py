@@ -22,6 +22,10 @@ META_TOKEN_TYPE = "token_type"
 META_USER = "user"
 META_LEASE = "lease"
 META_RESERVED = "reserved_tokens"
+#: "1" when the relay added `stream_options.include_usage` to a streamed chat completion
+#: whose client did not ask for usage: the Lua filter then inserts it into the body and
+#: strips the usage-only chunk (and the `"usage":null` fields) from what the client gets.
+META_INJECT_USAGE = "inject_usage"
 #: Namespace and keys the Lua metering filter sets from the upstream's response.
 USAGE_NAMESPACE = "relay.usage"
 USAGE_INPUT = "input_tokens"
