@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from authz import token_settings, vault_auth
+from authz import cors, token_settings, vault_auth
 from authz.errors import ConfigError
 from authz.oidc import OidcIssuer
 from authz.vault_auth import DEFAULT_K8S_TOKEN_FILE
@@ -100,6 +100,8 @@ class Settings:
     client_key_cache_ttl_s: float = 30.0
     client_key_index_path: str = "openai/client-keys"
     client_key_pepper: str = "vault:openai/relay/client-key-pepper"
+    # Browser origins allowed to call the relay (authz/cors.py); Envoy enforces them.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def client_keys_enabled(self) -> bool:
@@ -166,6 +168,7 @@ class Settings:
             ),
             "log_level": (get("AUTHZ_LOG_LEVEL") or "INFO").upper(),
             **token_values,
+            **cors.settings_from_env(get),
         }
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
