@@ -183,8 +183,10 @@ def _preflight_route(index: int, origin: str) -> Json:
     return {
         "name": f"cors_preflight_{index}",
         "match": {
-            # /api/openai and everything under it: the paths that are forwarded.
-            "path_separated_prefix": "/api/openai",
+            # Every path, not only /api/openai/: a preflight only grants permission to
+            # ask, and a page asking for a wrong path then reads the relay's JSON 404
+            # instead of a bare network error (a browser drops a non-2xx preflight).
+            "prefix": "/",
             "headers": [
                 {"name": ":method", "string_match": {"exact": "OPTIONS"}},
                 {"name": "origin", "string_match": {"exact": origin}},

@@ -81,6 +81,13 @@ def test_preflight_is_answered_by_envoy_without_a_token(cors_relay, upstream):
         assert allowed == set(ALLOW_HEADERS)
         assert response.headers["access-control-max-age"] == str(MAX_AGE_S)
         assert response.headers.get_list("vary") == ["Origin"]
+    # A path outside the API too: the page then reads the relay's JSON 404, not a
+    # network error.
+    elsewhere = httpx.request("OPTIONS", cors_relay.url + "/elsewhere", timeout=10, headers={
+        "origin": PAGE, "access-control-request-method": "GET",
+        "access-control-request-headers": "authorization"})
+    assert elsewhere.status_code == 204
+    assert elsewhere.headers["access-control-allow-origin"] == PAGE
     # The bare /api/openai too, and the second listed origin gets its own name back.
     bare = httpx.request("OPTIONS", cors_relay.url + "/api/openai", timeout=10, headers={
         "origin": OTHER_PAGE, "access-control-request-method": "POST"})
