@@ -37,6 +37,7 @@ from tests.support.tls import TestPKI
 from tests.support.vault import BaoDevServer
 
 PAGE_DIR = Path(__file__).resolve().parent / "page"
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "browser"
 PAGE_READY_TIMEOUT_S = 30
 
 
@@ -90,6 +91,8 @@ def page_servers(node_modules: Path, tmp_path_factory: pytest.TempPathFactory
         html.replace("{{IMPORT_MAP}}", json.dumps(import_map(node_modules), indent=1)))
     shutil.copy(PAGE_DIR / "page.js", site / "page.js")
     mounts = {"/js/firebase/": node_modules / "firebase", "/js/openai/": node_modules / "openai",
+              # examples/browser, as its README serves it (its own npm install).
+              "/example/node_modules/": node_modules, "/example/": EXAMPLE_DIR,
               "/": site}
     listed, unlisted = StaticServer(mounts).start(), StaticServer(mounts).start()
     try:

@@ -10,6 +10,7 @@ import httpx2 as httpx
 import pytest
 
 from authz.cors import ALLOW_HEADERS, MAX_AGE_S
+from tests.support.authz_cli import authz
 
 pytestmark = pytest.mark.integration
 
@@ -195,3 +196,29 @@ def test_without_the_setting_there_is_no_cors_at_all(relay, upstream, token_for)
     assert ok.status_code == 200
     assert_no_cors(ok)
     assert "vary" not in ok.headers
+
+
+def test_authz_up_and_envoy_config_render_the_setting(start_up, upstream):
+    running = start_up({"AUTHZ_CORS_ORIGINS": PAGE})
+    relay_url = running.api_base.removesuffix("/api/openai/v1")
+    answer = httpx.request("OPTIONS", running.api_base + "/models", timeout=10, headers={
+        "origin": PAGE, "access-control-request-method": "GET"})
+    assert answer.status_code == 204
+    assert answer.headers["access-control-allow-origin"] == PAGE
+    assert httpx.get(relay_url + "/elsewhere", headers={"origin": PAGE}, timeout=10).headers[
+        "access-control-allow-origin"] == PAGE
+    assert upstream.requests == []
+
+
+def test_envoy_config_command_takes_the_setting_and_refuses_a_bad_one():
+    env = {"AUTHZ_FIREBASE_PROJECT_ID": "demo-relay", "AUTHZ_CORS_ORIGINS": PAGE}
+    rendered = authz("envoy-config", env=env)
+    assert rendered.returncode == 0, rendered.stderr
+    assert f'exact: "{PAGE}"' in rendered.stdout
+    refused = authz("envoy-config", env={**env, "AUTHZ_CORS_ORIGINS": "https://*.example.com"})
+    assert refused.returncode == 2
+    assert "AUTHZ_CORS_ORIGINS" in refused.stderr
+    # The service refuses to start on it too: one setting, checked once, everywhere.
+    serve = authz("serve", env={**env, "AUTHZ_CORS_ORIGINS": PAGE + "/app"})
+    assert serve.returncode == 2
+    assert "AUTHZ_CORS_ORIGINS" in serve.stderr

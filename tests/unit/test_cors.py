@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from authz.envoy_config import EnvoyParams, render
 from authz.errors import ConfigError
 from authz.settings import Settings
 
+REPO = Path(__file__).resolve().parents[2]
 CA = "/etc/test/ca.pem"
 BASE = {"AUTHZ_FIREBASE_PROJECT_ID": "demo-relay"}
 
@@ -169,3 +173,17 @@ def test_render_refuses_origins_not_in_canonical_form() -> None:
         render(EnvoyParams(upstream_ca_file=CA, cors_origins=("HTTPS://A.example",)))
     with pytest.raises(ValueError, match="AUTHZ_CORS_ORIGINS"):
         render(EnvoyParams(upstream_ca_file=CA, cors_origins=("*",)))
+
+
+def test_kubernetes_renderer_takes_the_origins(tmp_path: Path) -> None:
+    script = [sys.executable, str(REPO / "scripts/render-kubernetes-envoy.py")]
+    out = tmp_path / "envoy.yaml"
+    done = subprocess.run([*script, "--cors-origins", "https://app.example.com",
+                           "--output", str(out)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert 'exact: "https://app.example.com"' in out.read_text()
+    refused = subprocess.run([*script, "--cors-origins", "*", "--output", str(out)],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2
+    assert "AUTHZ_CORS_ORIGINS" in refused.stderr
