@@ -1,6 +1,6 @@
 """Browser clients (CORS): the AUTHZ_CORS_ORIGINS setting and the Envoy blocks it renders.
 
-Envoy answers everything CORS itself; the authz service never sees a preflight.
+Envoy does all of it; the authz service never sees a listed origin's preflight.
 
 - Preflights (OPTIONS + Origin + Access-Control-Request-Method) from a listed origin
   match a route of their own, one per origin, answered with a direct 204: ext_authz is
@@ -50,7 +50,8 @@ ENV_NAME = "AUTHZ_CORS_ORIGINS"
 ALLOW_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
 # What the official openai JS SDK (7.x) sends from a page, read from its source
 # (client.mjs, internal/detect-platform.mjs, lib/polling.mjs): Envoy's CORS filter
-# takes a literal list, not `x-stainless-*`, and a browser refuses a call whose
+# takes a literal list or a bare `*` (any header at all), no `x-stainless-*` pattern;
+# and a browser refuses a call whose
 # preflight does not name every non-safelisted header it carries. tests/browser
 # checks this list against the installed SDK.
 ALLOW_HEADERS = (
