@@ -1,7 +1,8 @@
 """The browser suite's parts: a real headless Chromium (Debian's, via chromium-driver), a
 page served from one loopback origin (and the same page from an unlisted one), the real
 Firebase Auth Emulator, and the whole relay on another origin with AUTHZ_CORS_ORIGINS
-naming the page's origin. Each is started once per session and waited on for readiness.
+naming the page's origin. Each is started once for this package (and stopped when its
+last test is done, not at the end of the whole run) and waited on for readiness.
 
 Missing pieces are installed by the set-up (chromium with scripts/install-browser.sh as
 root, the npm packages into .work/); when that is impossible the suite fails, never skips.
@@ -56,7 +57,7 @@ def _fail(what: str, exc: Exception) -> None:
                 pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node_modules() -> Path:
     try:
         return ensure_js_packages()
@@ -81,7 +82,7 @@ def import_map(node_modules: Path) -> dict[str, dict[str, str]]:
     }}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def page_servers(node_modules: Path, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[tuple[StaticServer, StaticServer]]:
     """The page on a listed origin, and the very same page on an unlisted one."""
@@ -102,7 +103,7 @@ def page_servers(node_modules: Path, tmp_path_factory: pytest.TempPathFactory
         unlisted.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def emulator(firebase: FirebaseKeys, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[AuthEmulator]:
     server = AuthEmulator(firebase.project_id, tmp_path_factory.mktemp("auth-emulator"))
@@ -116,7 +117,7 @@ def emulator(firebase: FirebaseKeys, tmp_path_factory: pytest.TempPathFactory
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser_relay(pki: TestPKI, firebase: FirebaseKeys, vault: BaoDevServer,
                   fake_openai: FakeOpenAI, emulator: AuthEmulator,
                   page_servers: tuple[StaticServer, StaticServer],
@@ -136,7 +137,7 @@ def browser_relay(pki: TestPKI, firebase: FirebaseKeys, vault: BaoDevServer,
         stack.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     try:
         ensure_chromium()
@@ -168,7 +169,7 @@ class Page:
         return outcome.get("value")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def open_page(driver: Any, browser_relay: RelayStack, emulator: AuthEmulator,
               firebase: FirebaseKeys) -> Any:
     from selenium.webdriver.support.ui import WebDriverWait
@@ -196,7 +197,7 @@ def listed_page(open_page: Any, page_servers: tuple[StaticServer, StaticServer])
     return page
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def signed_in(open_page: Any, page_servers: tuple[StaticServer, StaticServer],
               emulator: AuthEmulator, firebase: FirebaseKeys) -> str:
     """A user signed up and in with the Firebase JS SDK in the page, given tenant acme with
