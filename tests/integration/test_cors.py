@@ -125,6 +125,7 @@ def test_actual_responses_carry_the_origin_and_exposed_headers(cors_relay, upstr
     ("no client id", 500, {"error": "Client ID not found"}),
     ("no key", 500, {"error": "OpenAI API key not found"}),
     ("not the api", 404, {"error": "Not found"}),
+    ("upstream 403", 403, None),
     ("upstream 404", 404, None),
     ("upstream 429", 429, None),
     ("upstream 500", 500, None),
@@ -142,6 +143,8 @@ def test_errors_are_readable_by_a_listed_page(cors_relay, token_for, case, statu
         response = call(cors_relay, PAGE, token=token_for("nokey-tenant"))
     elif case == "not the api":
         response = httpx.get(cors_relay.url + "/elsewhere", headers={"origin": PAGE}, timeout=10)
+    elif case == "upstream 403":
+        response = call(cors_relay, PAGE, "/test/status/403", token)
     elif case == "upstream 404":
         response = call(cors_relay, PAGE, "/no/such/endpoint", token)
     elif case == "upstream 429":
@@ -168,6 +171,14 @@ def test_authz_unreachable_500_is_readable_by_a_listed_page(cors_relay, upstream
     # A preflight still needs no authz at all.
     assert preflight(cors_relay, PAGE).status_code == 204
     assert upstream.requests == []
+
+
+def test_envoy_504_for_a_silent_upstream_is_readable_by_a_listed_page(make_relay, token_for):
+    relay = make_relay(CORS_ENV, stream_idle_timeout_s=1)
+    response = call(relay, PAGE, "/test/delay?ms=30000", token_for("acme"))
+    assert response.status_code == 504
+    assert response.json()["error"] == "OpenAI proxy internal error"
+    assert_readable_by(response, PAGE)
 
 
 def test_an_unlisted_origin_gets_no_cors_headers(cors_relay, upstream, token_for):
