@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlencode
 
 import pytest
@@ -40,19 +40,12 @@ from tests.support.vault import BaoDevServer
 PAGE_DIR = Path(__file__).resolve().parent / "page"
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "browser"
 PAGE_READY_TIMEOUT_S = 30
+# What every test module here is marked with. The first run installs chromium (apt) and
+# npm packages: minutes, once.
+BROWSER_MARKS = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(1200)]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).resolve().parent
-    for item in items:
-        if here in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(pytest.mark.browser)
-            item.add_marker(pytest.mark.integration)
-            # First use installs chromium (apt) and npm packages: minutes, once.
-            item.add_marker(pytest.mark.timeout(1200))
-
-
-def _fail(what: str, exc: Exception) -> None:
+def _fail(what: str, exc: Exception) -> NoReturn:
     pytest.fail(f"the browser suite needs {what} and it could not be set up: {exc}",
                 pytrace=False)
 
@@ -63,7 +56,6 @@ def node_modules() -> Path:
         return ensure_js_packages()
     except BrowserUnavailable as exc:
         _fail("its npm packages", exc)
-        raise
 
 
 def import_map(node_modules: Path) -> dict[str, dict[str, str]]:

@@ -13,7 +13,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from authz.cors import ALLOW_HEADERS
+from tests.browser.conftest import BROWSER_MARKS
 from tests.integration.conftest import TENANTS
+
+pytestmark = BROWSER_MARKS
 
 ACME_KEY = next(t.api_key for t in TENANTS if t.client_id == "acme")
 INTERVAL_MS = 250

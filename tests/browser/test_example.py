@@ -9,10 +9,11 @@ from pathlib import Path
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser.conftest import EXAMPLE_DIR
+from tests.browser.conftest import BROWSER_MARKS, EXAMPLE_DIR
 from tests.support.authz_cli import authz_json
 from tests.support.browser import JS_PACKAGES
 
+pytestmark = BROWSER_MARKS
 GREETING = "Hello from the fake upstream"
 
 
