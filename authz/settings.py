@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from authz import token_settings
 from authz.credentials.oidc import OidcIssuer
 from authz.errors import ConfigError
+from authz.stack import cors
 from authz.tenants import vault_login as vault_auth
 from authz.tenants.vault_login import DEFAULT_K8S_TOKEN_FILE
 
@@ -101,6 +102,8 @@ class Settings:
     client_key_cache_ttl_s: float = 30.0
     client_key_index_path: str = "openai/client-keys"
     client_key_pepper: str = "vault:openai/relay/client-key-pepper"
+    # Browser origins allowed to call the relay (authz/cors.py); Envoy enforces them.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def client_keys_enabled(self) -> bool:
@@ -167,6 +170,7 @@ class Settings:
             ),
             "log_level": (get("AUTHZ_LOG_LEVEL") or "INFO").upper(),
             **token_values,
+            **cors.settings_from_env(get),
         }
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]

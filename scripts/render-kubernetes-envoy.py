@@ -22,6 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from authz.errors import ConfigError  # noqa: E402
+from authz.stack.cors import parse_origins  # noqa: E402
 from authz.stack.envoy_config import EnvoyParams, render  # noqa: E402
 
 BASE_OUTPUT = REPO / "deploy/kubernetes/base/envoy.yaml"
@@ -35,13 +37,15 @@ SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 
 def kubernetes_params(upstream_url: str = "https://api.openai.com",
                       check_timeout_s: float = 2.0,
-                      stream_idle_timeout_s: float = 300.0) -> EnvoyParams:
+                      stream_idle_timeout_s: float = 300.0,
+                      cors_origins: str = "") -> EnvoyParams:
     return EnvoyParams(
         listen_host="0.0.0.0", listen_port=8080,
         admin_host="127.0.0.1", admin_port=9901,
         authz_host="127.0.0.1", authz_port=9001,
         upstream_url=upstream_url, upstream_ca_file=SYSTEM_CA_FILE,
         check_timeout_s=check_timeout_s, stream_idle_timeout_s=stream_idle_timeout_s,
+        cors_origins=parse_origins(cors_origins),
     )
 
 
@@ -55,11 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream-url", default="https://api.openai.com")
     parser.add_argument("--check-timeout", type=float, default=2.0, help="seconds")
     parser.add_argument("--stream-idle-timeout", type=float, default=300.0, help="seconds")
+    parser.add_argument("--cors-origins", default="", help=(
+        "browser origins allowed to call the relay, comma-separated (AUTHZ_CORS_ORIGINS)"))
     parser.add_argument("--check", action="store_true",
                         help="do not write: exit 1 if the output file differs")
     args = parser.parse_args(argv)
-    text = rendered(kubernetes_params(args.upstream_url, args.check_timeout,
-                                      args.stream_idle_timeout))
+    try:
+        text = rendered(kubernetes_params(args.upstream_url, args.check_timeout,
+                                          args.stream_idle_timeout, args.cors_origins))
+    except (ConfigError, ValueError) as exc:
+        print(f"render-kubernetes-envoy: {exc}", file=sys.stderr)
+        return 2
     if args.check:
         current = args.output.read_text() if args.output.exists() else ""
         if current != text:

@@ -51,6 +51,7 @@ def _envoy_config(args: argparse.Namespace) -> int:
             upstream_url=settings.upstream_url, upstream_ca_file=settings.upstream_ca_file,
             check_timeout_s=settings.check_timeout_s,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
+            cors_origins=settings.cors_origins,
         ))
     except (ConfigError, ValueError) as exc:
         print(f"authz envoy-config: {exc}", file=sys.stderr)

@@ -24,6 +24,8 @@ from string import Template
 from typing import NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 
+from authz.stack import cors
+
 __all__ = [
     "EnvoyParams",
     "Upstream",
@@ -50,6 +52,10 @@ _BLOCK_NAMES = (
     "downstream_transport_socket",
     "upstream_http_protocol",
     "upstream_transport_socket",
+    "cors_preflight_routes",
+    "cors_not_found_routes",
+    "cors_virtual_host",
+    "cors_filter",
 )
 _MAX_TIMEOUT_S = 365 * 24 * 3600.0
 
@@ -77,6 +83,9 @@ class EnvoyParams:
     #: both None = plaintext HTTP/1.1 and h2c.
     downstream_tls_cert_file: str | None = None
     downstream_tls_key_file: str | None = None
+    #: Browser origins allowed to call the relay (AUTHZ_CORS_ORIGINS, exact, as
+    #: authz.stack.cors.parse_origins returns them); empty = no CORS at all.
+    cors_origins: tuple[str, ...] = ()
 
 
 class Upstream(NamedTuple):
@@ -216,6 +225,7 @@ def render(params: EnvoyParams, template: str | None = None) -> str:
         "downstream_transport_socket": _downstream_tls(params),
         "upstream_http_protocol": _upstream_protocol(upstream),
         "upstream_transport_socket": _upstream_tls(params, upstream),
+        **cors.envoy_blocks(params.cors_origins),
     }
     text = template_text() if template is None else template
     for name, block in blocks.items():

@@ -175,6 +175,7 @@ class Stack:
             upstream_ca_file=self.settings.upstream_ca_file,
             check_timeout_s=self.settings.check_timeout_s,
             stream_idle_timeout_s=self.settings.stream_idle_timeout_s,
+            cors_origins=self.settings.cors_origins,
         )))
         envoy = Child("envoy", [envoy_binary(), "-c", str(config_path), "--disable-hot-restart",
                                 "--log-level", "warn"], self.run_dir / "envoy.log")

@@ -123,6 +123,10 @@ CASES: dict[str, Callable[[dict[str, str]], EnvoyParams]] = {
         downstream_tls_key_file=pki["key"],
     ),
     "http upstream": lambda pki: EnvoyParams(upstream_url="http://localhost:8000"),
+    "cors origins": lambda pki: EnvoyParams(
+        upstream_ca_file=pki["ca"],
+        cors_origins=("http://127.0.0.1:5173", "https://app.example.com", "http://[::1]:8000"),
+    ),
     "ip upstream": lambda pki: EnvoyParams(
         upstream_url="https://127.0.0.1:8443", upstream_ca_file=pki["ca"]
     ),

@@ -29,7 +29,8 @@ Endpoints (response shapes follow OpenAI's, so the official SDK parses them):
 
 Knobs sent as request headers (work through the relay, which forwards headers):
 ``x-test-chunks`` (stream chunk count, default 5), ``x-test-chunk-interval-ms``
-(delay between stream chunks, default 0), ``x-test-delay-ms`` (delay before the
+(delay between stream chunks, default 0; also the query parameter
+``x_test_chunk_interval_ms``, for browsers), ``x-test-delay-ms`` (delay before the
 response headers of any endpoint), ``x-test-audio-bytes`` (speech size; also the
 JSON body field ``x_test_bytes``).
 
@@ -655,7 +656,10 @@ Handler = Callable[[_Connection, _Request], Awaitable[None]]
 
 
 def _chunk_interval(req: _Request) -> float:
-    return _int_arg(req.header("x-test-chunk-interval-ms"), 0, 0, 3_600_000) / 1000
+    # Also as a query parameter: a page cannot send x-test-* headers through a
+    # relay whose CORS preflight allows only the openai SDK's own headers.
+    raw = req.header("x-test-chunk-interval-ms") or req.qs("x_test_chunk_interval_ms")
+    return _int_arg(raw, 0, 0, 3_600_000) / 1000
 
 
 def _words(n: int) -> list[str]:

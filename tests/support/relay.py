@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz.stack.binaries import envoy_binary
+from authz.stack.cors import parse_origins
 from authz.stack.envoy_config import EnvoyParams, render
 from tests.support.processes import ManagedProcess, free_port, wait_for_http
 
@@ -124,6 +125,7 @@ class RelayStack:
                     upstream_ca_file=self.env.get("AUTHZ_UPSTREAM_CA_FILE"),
                     check_timeout_s=self.check_timeout_s,
                     stream_idle_timeout_s=self.stream_idle_timeout_s,
+                    cors_origins=parse_origins(self.env.get("AUTHZ_CORS_ORIGINS", "")),
                 )
             )
         )

@@ -62,6 +62,10 @@ def test_template_placeholders_are_exactly_the_known_ones() -> None:
         "downstream_transport_socket",
         "upstream_http_protocol",
         "upstream_transport_socket",
+        "cors_preflight_routes",
+        "cors_not_found_routes",
+        "cors_virtual_host",
+        "cors_filter",
     }
 
 
@@ -86,6 +90,7 @@ def test_packaged_template_is_the_repo_template() -> None:
             downstream_tls_cert_file="/tls/cert.pem",
             downstream_tls_key_file="/tls/key.pem",
         ),
+        EnvoyParams(upstream_ca_file=CA, cors_origins=("http://127.0.0.1:5173",)),
     ],
 )
 def test_every_placeholder_is_substituted(params: EnvoyParams) -> None:
