@@ -50,7 +50,8 @@ class AuthzService:
         self.metrics = metrics or Metrics(tenants=settings.metrics_tenants,
                                           tenant_cap=settings.metrics_tenant_cap)
         self.certs = CertStore(settings.firebase_certs_url)
-        vault_tokens = token_provider(settings)  # one login, shared by every Vault reader
+        # One login, shared by every Vault reader.
+        vault_tokens = token_provider(settings.vault_login)
         self.vault = VaultTenantStore(
             settings.vault_addr, vault_tokens,
             mount=settings.vault_mount, path_template=settings.vault_path,

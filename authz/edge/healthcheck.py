@@ -14,7 +14,6 @@ and the health stubs only, so a probe costs little CPU.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import grpc
@@ -37,10 +36,16 @@ def check(addr: str, service: str = "", timeout_s: float = 2.0) -> tuple[bool, s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m authz.edge.healthcheck")
-    parser.add_argument("--addr", default=os.environ.get("AUTHZ_GRPC_ADDR") or "127.0.0.1:9001")
+    parser.add_argument("--addr", help="HOST:PORT (default: AUTHZ_GRPC_ADDR, or 127.0.0.1:9001)")
     parser.add_argument("--service", default="", help="health service name ('' = server)")
     parser.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
+    if not args.addr:
+        # The one settings model (imported only here, so probes given --addr stay light),
+        # without the checks only a serving relay needs.
+        from authz.settings import Settings, format_addr
+
+        args.addr = format_addr(Settings.from_env(serving=False).grpc_addr)
     serving, seen = check(args.addr, args.service, args.timeout)
     print(f"authz {args.addr}: {seen}", file=sys.stdout if serving else sys.stderr)
     return 0 if serving else 1
