@@ -24,8 +24,9 @@ from authz.edge import logs
 from authz.edge.admin_http import AdminServer
 from authz.edge.envoy_check import CheckRequest, ResponseEncoder, request_headers
 from authz.edge.metrics import Metrics, StatsCollector
+from authz.errors import AddressInUse
 from authz.pipeline.decision import Allow, Authorizer
-from authz.settings import Settings
+from authz.settings import Settings, format_addr
 from authz.tenants.key_cache import KeyCache
 from authz.tenants.vault import VaultTenantStore
 from authz.tenants.vault_login import token_provider
@@ -162,10 +163,14 @@ async def serve(settings: Settings) -> None:
     server.add_generic_rpc_handlers([_check_handler(service)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    host, port = settings.grpc_addr
-    bound = server.add_insecure_port(f"{host}:{port}")
+    grpc_addr = format_addr(settings.grpc_addr)
+    try:
+        # so_reuseport is off (_GRPC_OPTIONS): a port another process holds is refused.
+        bound = server.add_insecure_port(grpc_addr)
+    except RuntimeError:
+        bound = 0
     if not bound:
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise AddressInUse("AUTHZ_GRPC_ADDR", grpc_addr, "already in use or not bindable")
     await server.start()
 
     admin: AdminServer | None = None
@@ -175,12 +180,17 @@ async def serve(settings: Settings) -> None:
         def invalidate_on_loop(client_id: str | None) -> None:
             loop.call_soon_threadsafe(service.invalidate, client_id)
 
-        admin = AdminServer(
-            *settings.metrics_addr,
-            registry=service.metrics.registry,
-            readiness=service.readiness,
-            invalidate=invalidate_on_loop,
-        )
+        try:
+            admin = AdminServer(
+                *settings.metrics_addr,
+                registry=service.metrics.registry,
+                readiness=service.readiness,
+                invalidate=invalidate_on_loop,
+            )
+        except OSError as exc:
+            await server.stop(0)
+            raise AddressInUse("AUTHZ_METRICS_ADDR", format_addr(settings.metrics_addr),
+                               exc.strerror or "not bindable") from None
         admin.start()
 
     # First cert fetch before the first health report; a failure is not fatal (checks
@@ -189,8 +199,8 @@ async def serve(settings: Settings) -> None:
     service.vault.start_token_renewal()
     readiness = asyncio.ensure_future(service.watch_readiness(health_servicer))
     log.info("authz serving", extra={
-        "grpc": f"{host}:{port}",
-        "metrics": settings.metrics_addr and "{}:{}".format(*settings.metrics_addr),
+        "grpc": grpc_addr,
+        "metrics": settings.metrics_addr and format_addr(settings.metrics_addr),
         "certs_loaded": service.tokens.ready,
         "vault": settings.vault_addr,
     })
