@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import time
@@ -189,8 +190,10 @@ async def serve(settings: Settings) -> None:
             )
         except OSError as exc:
             await server.stop(0)
+            cause = ("already in use" if exc.errno == errno.EADDRINUSE
+                     else f"not bindable ({exc.strerror})")
             raise AddressInUse("AUTHZ_METRICS_ADDR", format_addr(settings.metrics_addr),
-                               exc.strerror or "not bindable") from None
+                               cause) from None
         admin.start()
 
     # First cert fetch before the first health report; a failure is not fatal (checks
