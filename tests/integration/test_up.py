@@ -184,3 +184,22 @@ def test_serve_listens_on_ipv6_loopback(tmp_path):
         assert reply.status in (health_pb2.HealthCheckResponse.SERVING,
                                 health_pb2.HealthCheckResponse.NOT_SERVING)
     assert "Traceback" not in serve.log_text()
+
+
+def test_up_runs_on_ipv6_loopback(up_env, tmp_path):
+    listen, grpc_port, metrics_port = _free_v6_port(), _free_v6_port(), _free_v6_port()
+    up = ManagedProcess(
+        [sys.executable, "-m", "authz", "up", "--listen", f"[::1]:{listen}"],
+        {**up_env, "AUTHZ_GRPC_ADDR": f"[::1]:{grpc_port}",
+         "AUTHZ_METRICS_ADDR": f"[::1]:{metrics_port}"},
+        tmp_path / "up-v6.log", inherit_env=False, name="authz-up-v6")
+    with up:  # starts it, stops it by PID
+        up.wait_for_log(r"Ctrl-C stops everything", timeout=60)
+        text = up.log_text()
+        assert f"relay      http://[::1]:{listen}/api/openai/" in text
+        assert f"grpc [::1]:{grpc_port}" in text
+        response = httpx.get(f"http://[::1]:{listen}/api/openai/v1/models",
+                             headers={"authorization": "Bearer garbage"}, timeout=10)
+        assert response.status_code == 401
+        assert response.json() == {"error": "Authentication failed"}
+    assert "Traceback" not in up.log_text()
