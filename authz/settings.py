@@ -3,7 +3,8 @@
 `serve`, `up` and every operator command build a Settings with `Settings.from_env`
 (flags over environment over defaults). A bad setting raises ConfigError with a message
 naming the variable, and the process refuses to start. This is the only module that reads
-the process environment (`os.environ`); everything else takes values from here. The full
+the process environment (through `authz/config/env.py`, its small parsers); everything
+else takes values from here. The full
 table of variables is docs/configuration.md (a unit test keeps the two in step).
 
 Sections below: helpers; the Settings fields (core, Vault and its login, token types,
@@ -15,13 +16,24 @@ AUTHZ_CLIENT_KEYS=on says, explicitly, that client keys alone are the way in.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
+from authz.config.env import (
+    DEFAULT_GRPC_ADDR,
+    DEFAULT_METRICS_ADDR,
+    DEFAULT_VAULT_ADDR,
+    format_addr,
+    is_loopback_host,
+    parse_addr,
+    parse_bool,
+    parse_duration,
+    parse_int,
+    process_environment,
+    require_https_off_loopback,
+)
 from authz.credentials.firebase import ISSUER_PREFIX
 from authz.credentials.oidc import OidcIssuer, parse_oidc_issuers
 from authz.errors import ConfigError
@@ -34,88 +46,25 @@ from authz.tenants.client_key_store import (
 )
 from authz.tenants.vault_login import AUTH_METHODS, DEFAULT_K8S_TOKEN_FILE, VaultLogin
 
+__all__ = [
+    "GOOGLE_SECURETOKEN_CERTS_URL",
+    "Settings",
+    "format_addr",
+    "is_loopback_host",
+    "parse_addr",
+    "parse_bool",
+    "parse_duration",
+    "process_environment",
+]
+
 GOOGLE_SECURETOKEN_CERTS_URL = (
     "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 # Firebase project ids: 6-30 chars, lowercase letters, digits, hyphens (demo- projects too).
 _PROJECT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{4,62}[a-z0-9]$")
 # Vault mounts and paths: plain segments, no "..", no empty segment, no leading slash.
 _VAULT_SEGMENTS = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-DEFAULT_VAULT_ADDR = "http://127.0.0.1:8200"
-DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
-DEFAULT_GRPC_ADDR = "127.0.0.1:9001"
-
-
-def process_environment() -> dict[str, str]:
-    """A copy of the process environment: for child processes (`authz up`) and the single
-    read in Settings.from_env. No other module touches os.environ."""
-    return dict(os.environ)
-
-
-def parse_bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name}: {raw!r} is not true or false")
-
-
-def parse_duration(name: str, raw: str) -> float:
-    """'2s', '250ms', '5m', '1h' or a bare number of seconds → seconds (float)."""
-    match = _DURATION.match(raw)
-    if not match:
-        raise ConfigError(f"{name}: {raw!r} is not a duration (examples: 2s, 250ms, 5m, 1h)")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-
-
-def _parse_int(name: str, raw: str) -> int:
-    if not raw.strip().isdigit():
-        raise ConfigError(f"{name}: {raw!r} is not a whole number")
-    return int(raw)
-
-
-def parse_addr(name: str, raw: str) -> tuple[str, int]:
-    """'HOST:PORT' (IPv6 as '[::1]:PORT') → (host, port); the host without brackets."""
-    host, sep, port_text = raw.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        # An unbracketed IPv6 address: '::1:9001' is ambiguous, so it is refused.
-        host = ""
-    if (not sep or not host or "[" in host or "]" in host or not port_text.isdigit()
-            or not 0 < int(port_text) < 65536):
-        raise ConfigError(f"{name}: {raw!r} is not HOST:PORT (IPv6 as [::1]:PORT)")
-    return host, int(port_text)
-
-
-def format_addr(addr: tuple[str, int]) -> str:
-    """(host, port) → 'HOST:PORT', IPv6 hosts in brackets: the inverse of parse_addr."""
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def is_loopback_host(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def require_https_off_loopback(name: str, url: str) -> None:
-    """Keys and secrets are fetched from this URL: plain http only to this machine."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name}: {url!r} must be an http:// or https:// URL")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise ConfigError(f"{name}: {url!r} uses plain http to another host; keys and "
-                          "secrets come from it, so it must be https (http only on loopback)")
 
 
 @dataclass(frozen=True)
@@ -266,7 +215,7 @@ class Settings:
             "metrics_tenants": tuple(
                 t.strip() for t in get("AUTHZ_METRICS_TENANTS").split(",") if t.strip()
             ),
-            "metrics_tenant_cap": _parse_int(
+            "metrics_tenant_cap": parse_int(
                 "AUTHZ_METRICS_TENANT_CAP", get("AUTHZ_METRICS_TENANT_CAP") or "50"
             ),
             "log_level": (get("AUTHZ_LOG_LEVEL") or "INFO").upper(),

@@ -19,6 +19,9 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from authz.config.env import DEFAULT_GRPC_ADDR, format_addr, parse_addr, process_environment
+from authz.errors import ConfigError
+
 
 def check(addr: str, service: str = "", timeout_s: float = 2.0) -> tuple[bool, str]:
     """(serving, what was seen) for the gRPC health service at addr."""
@@ -41,11 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
     if not args.addr:
-        # The one settings model (imported only here, so probes given --addr stay light),
-        # without the checks only a serving relay needs.
-        from authz.settings import Settings, format_addr
-
-        args.addr = format_addr(Settings.from_env(serving=False).grpc_addr)
+        # AUTHZ_GRPC_ADDR as the settings model reads it (same parser and default), through
+        # its light half: a probe must not load the whole service.
+        raw = process_environment().get("AUTHZ_GRPC_ADDR", "").strip() or DEFAULT_GRPC_ADDR
+        try:
+            args.addr = format_addr(parse_addr("AUTHZ_GRPC_ADDR", raw))
+        except ConfigError as exc:
+            print(f"authz healthcheck: {exc}", file=sys.stderr)
+            return 2
     serving, seen = check(args.addr, args.service, args.timeout)
     print(f"authz {args.addr}: {seen}", file=sys.stdout if serving else sys.stderr)
     return 0 if serving else 1

@@ -25,7 +25,7 @@ from string import Template
 from typing import NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 
-from authz.settings import process_environment
+from authz.config.env import process_environment
 
 __all__ = [
     "EnvoyParams",

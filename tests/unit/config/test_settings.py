@@ -114,7 +114,7 @@ def test_vault_layer_gets_values_not_settings():
     assert "s.secret" not in repr(login)
 
 
-def test_no_module_but_settings_reads_the_environment():
+def test_no_module_but_the_settings_environment_reads_it():
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[3] / "authz"
@@ -122,4 +122,4 @@ def test_no_module_but_settings_reads_the_environment():
         str(path.relative_to(root)) for path in root.rglob("*.py")
         if any(word in path.read_text() for word in ("os.environ", "getenv("))
     )
-    assert readers == ["settings.py"]
+    assert readers == ["config/env.py"]
