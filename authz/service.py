@@ -117,9 +117,17 @@ class AuthzService:
         """Keep gRPC health and the ready gauge in step with readiness; ping Vault
         until it has answered once."""
         last: bool | None = None
+        said_unreachable = False
         while True:
             if not self.vault_reached:
                 self.vault_pinged = await asyncio.to_thread(self.vault.ping)
+                if not self.vault_pinged and not said_unreachable:
+                    # Once, naming the address: the retries that follow say nothing new.
+                    log.warning("vault not reachable yet: not ready until it answers",
+                                extra={"vault": self.settings.vault_addr})
+                    said_unreachable = True
+                elif self.vault_pinged and said_unreachable:
+                    log.info("vault reachable", extra={"vault": self.settings.vault_addr})
             ready = bool(self.readiness()["ready"])
             if ready != last:
                 status = (health_pb2.HealthCheckResponse.SERVING if ready

@@ -168,9 +168,10 @@ def _free_v6_port() -> int:
 
 def test_serve_listens_on_ipv6_loopback(tmp_path):
     grpc_port, metrics_port = _free_v6_port(), _free_v6_port()
+    vault = f"http://[::1]:{_free_v6_port()}"
     serve = ManagedProcess(
         [sys.executable, "-m", "authz", "serve"],
-        {"AUTHZ_CLIENT_KEYS": "on", "VAULT_ADDR": f"http://[::1]:{_free_v6_port()}",
+        {"AUTHZ_CLIENT_KEYS": "on", "VAULT_ADDR": vault,
          "VAULT_TOKEN": "unused",
          "AUTHZ_GRPC_ADDR": f"[::1]:{grpc_port}", "AUTHZ_METRICS_ADDR": f"[::1]:{metrics_port}",
          "PATH": os.environ.get("PATH", "")},
@@ -183,6 +184,9 @@ def test_serve_listens_on_ipv6_loopback(tmp_path):
         # Vault is not there, so not SERVING; what matters is that it answered on ::1.
         assert reply.status in (health_pb2.HealthCheckResponse.SERVING,
                                 health_pb2.HealthCheckResponse.NOT_SERVING)
+        # No Vault there: said once, with its address.
+        serve.wait_for_log(r"vault not reachable yet", timeout=10)
+        assert vault in serve.log_text()
     assert "Traceback" not in serve.log_text()
 
 
