@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The two commands that set up a fresh machine and use it:
-#   ./run.sh up [--listen HOST:PORT]   the whole relay in the foreground (authz up)
+#   ./run.sh up [--listen HOST:PORT] [--demo] [--logs DIR]   the whole relay (authz up --help)
 #   ./run.sh test [pytest args]        lint, type-check and the full test suite
 # Everything installs into .venv from the package registries; nothing else is needed
 # but python3 (3.11+) with venv.
@@ -34,7 +34,7 @@ case "${1:-}" in
     exec .venv/bin/python -m pytest "$@"
     ;;
   *)
-    echo "usage: ./run.sh up [--listen HOST:PORT] | ./run.sh test [pytest args]" >&2
+    echo "usage: ./run.sh up [--listen HOST:PORT] [--demo] [--logs DIR] | ./run.sh test [pytest args]" >&2
     exit 2
     ;;
 esac

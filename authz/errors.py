@@ -121,3 +121,13 @@ class CertsUnavailable(InternalError):
 
 class ConfigError(Exception):
     """A setting is missing or invalid: the process refuses to start and says why."""
+
+
+class AddressInUse(ConfigError):
+    """An address to listen on is taken (or cannot be bound): one line naming the setting."""
+
+    def __init__(self, setting: str, addr: str, cause: str = "already in use") -> None:
+        super().__init__(f"{setting}: {addr} is {cause}; stop what listens there or "
+                         f"choose another address")
+        self.setting = setting
+        self.addr = addr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import time
@@ -24,8 +25,9 @@ from authz.edge import logs
 from authz.edge.admin_http import AdminServer
 from authz.edge.envoy_check import CheckRequest, ResponseEncoder, request_headers
 from authz.edge.metrics import Metrics, StatsCollector
+from authz.errors import AddressInUse
 from authz.pipeline.decision import Allow, Authorizer
-from authz.settings import Settings
+from authz.settings import Settings, format_addr
 from authz.tenants.key_cache import KeyCache
 from authz.tenants.vault import VaultTenantStore
 from authz.tenants.vault_login import token_provider
@@ -50,7 +52,8 @@ class AuthzService:
         self.metrics = metrics or Metrics(tenants=settings.metrics_tenants,
                                           tenant_cap=settings.metrics_tenant_cap)
         self.certs = CertStore(settings.firebase_certs_url)
-        vault_tokens = token_provider(settings)  # one login, shared by every Vault reader
+        # One login, shared by every Vault reader.
+        vault_tokens = token_provider(settings.vault_login)
         self.vault = VaultTenantStore(
             settings.vault_addr, vault_tokens,
             mount=settings.vault_mount, path_template=settings.vault_path,
@@ -114,9 +117,17 @@ class AuthzService:
         """Keep gRPC health and the ready gauge in step with readiness; ping Vault
         until it has answered once."""
         last: bool | None = None
+        said_unreachable = False
         while True:
             if not self.vault_reached:
                 self.vault_pinged = await asyncio.to_thread(self.vault.ping)
+                if not self.vault_pinged and not said_unreachable:
+                    # Once, naming the address: the retries that follow say nothing new.
+                    log.warning("vault not reachable yet: not ready until it answers",
+                                extra={"vault": self.settings.vault_addr})
+                    said_unreachable = True
+                elif self.vault_pinged and said_unreachable:
+                    log.info("vault reachable", extra={"vault": self.settings.vault_addr})
             ready = bool(self.readiness()["ready"])
             if ready != last:
                 status = (health_pb2.HealthCheckResponse.SERVING if ready
@@ -161,10 +172,14 @@ async def serve(settings: Settings) -> None:
     server.add_generic_rpc_handlers([_check_handler(service)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    host, port = settings.grpc_addr
-    bound = server.add_insecure_port(f"{host}:{port}")
+    grpc_addr = format_addr(settings.grpc_addr)
+    try:
+        # so_reuseport is off (_GRPC_OPTIONS): a port another process holds is refused.
+        bound = server.add_insecure_port(grpc_addr)
+    except RuntimeError:
+        bound = 0
     if not bound:
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise AddressInUse("AUTHZ_GRPC_ADDR", grpc_addr, "already in use or not bindable")
     await server.start()
 
     admin: AdminServer | None = None
@@ -174,12 +189,19 @@ async def serve(settings: Settings) -> None:
         def invalidate_on_loop(client_id: str | None) -> None:
             loop.call_soon_threadsafe(service.invalidate, client_id)
 
-        admin = AdminServer(
-            *settings.metrics_addr,
-            registry=service.metrics.registry,
-            readiness=service.readiness,
-            invalidate=invalidate_on_loop,
-        )
+        try:
+            admin = AdminServer(
+                *settings.metrics_addr,
+                registry=service.metrics.registry,
+                readiness=service.readiness,
+                invalidate=invalidate_on_loop,
+            )
+        except OSError as exc:
+            await server.stop(0)
+            cause = ("already in use" if exc.errno == errno.EADDRINUSE
+                     else f"not bindable ({exc.strerror})")
+            raise AddressInUse("AUTHZ_METRICS_ADDR", format_addr(settings.metrics_addr),
+                               cause) from None
         admin.start()
 
     # First cert fetch before the first health report; a failure is not fatal (checks
@@ -188,8 +210,8 @@ async def serve(settings: Settings) -> None:
     service.vault.start_token_renewal()
     readiness = asyncio.ensure_future(service.watch_readiness(health_servicer))
     log.info("authz serving", extra={
-        "grpc": f"{host}:{port}",
-        "metrics": settings.metrics_addr and "{}:{}".format(*settings.metrics_addr),
+        "grpc": grpc_addr,
+        "metrics": settings.metrics_addr and format_addr(settings.metrics_addr),
         "certs_loaded": service.tokens.ready,
         "vault": settings.vault_addr,
     })

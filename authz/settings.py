@@ -1,7 +1,17 @@
-"""Settings: read from the environment (and CLI flags), validated once at start-up.
+"""The one settings model: read from the environment (and CLI flags), validated once.
 
-A bad setting raises ConfigError with a message naming the variable, and the process
-refuses to start. Nothing downstream re-reads the environment.
+`serve`, `up` and every operator command build a Settings with `Settings.from_env`
+(flags over environment over defaults). A bad setting raises ConfigError with a message
+naming the variable, and the process refuses to start. This is the only module that reads
+the process environment (through `authz/config/env.py`, its small parsers); everything
+else takes values from here. The full
+table of variables is docs/configuration.md (a unit test keeps the two in step).
+
+Sections below: helpers; the Settings fields (core, Vault and its login, token types,
+caches and drain); parsing; validation.
+
+AUTHZ_FIREBASE_PROJECT_ID is required to serve unless OIDC issuers are configured or
+AUTHZ_CLIENT_KEYS=on says, explicitly, that client keys alone are the way in.
 """
 
 from __future__ import annotations
@@ -11,61 +21,74 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from authz import token_settings
-from authz.credentials.oidc import OidcIssuer
+from authz.config.env import (
+    DEFAULT_GRPC_ADDR,
+    DEFAULT_METRICS_ADDR,
+    DEFAULT_VAULT_ADDR,
+    format_addr,
+    is_loopback_host,
+    parse_addr,
+    parse_bool,
+    parse_duration,
+    parse_int,
+    process_environment,
+    require_https_off_loopback,
+)
+from authz.credentials.firebase import ISSUER_PREFIX
+from authz.credentials.oidc import OidcIssuer, parse_oidc_issuers
 from authz.errors import ConfigError
 from authz.stack import cors
-from authz.tenants import vault_login as vault_auth
-from authz.tenants.vault_login import DEFAULT_K8S_TOKEN_FILE
+from authz.tenants.client_id import CLAIM_PATH
+from authz.tenants.client_key_store import (
+    DEFAULT_INDEX_PATH,
+    DEFAULT_PEPPER,
+    DEFAULT_TENANT_PATH,
+    parse_pepper_source,
+)
+from authz.tenants.vault_login import AUTH_METHODS, DEFAULT_K8S_TOKEN_FILE, VaultLogin
+
+__all__ = [
+    "GOOGLE_SECURETOKEN_CERTS_URL",
+    "Settings",
+    "format_addr",
+    "is_loopback_host",
+    "parse_addr",
+    "parse_bool",
+    "parse_duration",
+    "process_environment",
+]
 
 GOOGLE_SECURETOKEN_CERTS_URL = (
     "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com"
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 # Firebase project ids: 6-30 chars, lowercase letters, digits, hyphens (demo- projects too).
 _PROJECT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{4,62}[a-z0-9]$")
 # Vault mounts and paths: plain segments, no "..", no empty segment, no leading slash.
 _VAULT_SEGMENTS = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
-_CLAIM_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
-
-
-def parse_duration(name: str, raw: str) -> float:
-    """'2s', '250ms', '5m', '1h' or a bare number of seconds → seconds (float)."""
-    match = _DURATION.match(raw)
-    if not match:
-        raise ConfigError(f"{name}: {raw!r} is not a duration (examples: 2s, 250ms, 5m, 1h)")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-
-
-def _parse_int(name: str, raw: str) -> int:
-    if not raw.strip().isdigit():
-        raise ConfigError(f"{name}: {raw!r} is not a whole number")
-    return int(raw)
-
-
-def parse_addr(name: str, raw: str) -> tuple[str, int]:
-    """'HOST:PORT' (IPv6 as '[::1]:PORT') → (host, port)."""
-    host, sep, port_text = raw.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{name}: {raw!r} is not HOST:PORT")
-    return host, int(port_text)
 
 
 @dataclass(frozen=True)
 class Settings:
-    # Empty when Firebase ID tokens are not accepted (see token_settings for when it may be).
+    # -- core: what is accepted, where requests go --------------------------------------
+    # Empty when Firebase ID tokens are not accepted (see the module doc for when it may be).
     firebase_project_id: str = ""
     firebase_certs_url: str = GOOGLE_SECURETOKEN_CERTS_URL
     upstream_url: str = "https://api.openai.com"
     upstream_ca_file: str | None = None
-    vault_addr: str = "http://127.0.0.1:8200"
+    client_id_claims: tuple[str, ...] = ("clientId", "firebase.tenant")
+    check_timeout_s: float = 2.0
+    stream_idle_timeout_s: float = 300.0
+    grpc_addr: tuple[str, int] = ("127.0.0.1", 9001)
+    metrics_addr: tuple[str, int] | None = ("127.0.0.1", 9464)
+    # -- Vault (KV v2) and how the service logs in to it ---------------------------------
+    vault_addr: str = DEFAULT_VAULT_ADDR
+    # True when VAULT_ADDR was given: `authz up` starts its own dev server otherwise.
+    vault_addr_given: bool = False
     vault_token: str = field(default="", repr=False)
     vault_mount: str = "secret"
-    vault_path: str = "openai/clients/{client_id}"
-    # How the service logs in to Vault (authz/vault_auth.py): token, approle or kubernetes.
+    vault_path: str = DEFAULT_TENANT_PATH
+    # token, approle or kubernetes (authz/tenants/vault_login.py).
     vault_auth: str = "token"
     vault_auth_mount: str = ""  # empty: the method's name
     vault_role_id: str = field(default="", repr=False)
@@ -73,11 +96,7 @@ class Settings:
     vault_secret_id_file: str | None = None
     vault_k8s_role: str = ""
     vault_k8s_token_file: str = DEFAULT_K8S_TOKEN_FILE
-    client_id_claims: tuple[str, ...] = ("clientId", "firebase.tenant")
-    check_timeout_s: float = 2.0
-    stream_idle_timeout_s: float = 300.0
-    grpc_addr: tuple[str, int] = ("127.0.0.1", 9001)
-    metrics_addr: tuple[str, int] | None = ("127.0.0.1", 9464)
+    # -- caches and drain ---------------------------------------------------------------
     # How long a key read from Vault is served before it is re-read in the background.
     key_cache_ttl_s: float = 300.0
     # How long past its TTL a cached key may still be served while Vault is unreachable.
@@ -92,44 +111,67 @@ class Settings:
     metrics_tenant_cap: int = 50
     token_cache_size: int = 100_000
     log_level: str = "INFO"
-    # The other token types (issue 6): read and checked by authz/token_settings.py.
+    # -- the token types beyond Firebase's core -----------------------------------------
     firebase_emulator_host: str | None = None
+    dev_accept_emulator_tokens: bool = False
     firebase_emulator_mode: bool = False
     firebase_check_revoked: bool = False
     firebase_user_cache_ttl_s: float = 60.0
     oidc_issuers: tuple[OidcIssuer, ...] = ()
     client_keys: str = "auto"
     client_key_cache_ttl_s: float = 30.0
-    client_key_index_path: str = "openai/client-keys"
-    client_key_pepper: str = "vault:openai/relay/client-key-pepper"
-    # Browser origins allowed to call the relay (authz/cors.py); Envoy enforces them.
+    client_key_index_path: str = DEFAULT_INDEX_PATH
+    client_key_pepper: str = DEFAULT_PEPPER
+    # -- operator commands --------------------------------------------------------------
+    # The OpenAI key `authz tenant put` and `authz up --demo` store (never logged).
+    openai_api_key: str = field(default="", repr=False)
+    # `authz users`: the project when neither --project nor AUTHZ_FIREBASE_PROJECT_ID is set.
+    google_cloud_project: str = ""
+    # Browser origins allowed to call the relay (authz/stack/cors.py); Envoy enforces them.
     cors_origins: tuple[str, ...] = ()
 
     @property
     def client_keys_enabled(self) -> bool:
         return self.client_keys != "off"
 
+    @property
+    def vault_login(self) -> VaultLogin:
+        """What the Vault layer needs to log in: plain values, not this object."""
+        return VaultLogin(
+            addr=self.vault_addr, method=self.vault_auth, token=self.vault_token,
+            mount=self.vault_auth_mount, role_id=self.vault_role_id,
+            role_id_file=self.vault_role_id_file, secret_id_file=self.vault_secret_id_file,
+            k8s_role=self.vault_k8s_role, k8s_token_file=self.vault_k8s_token_file,
+        )
+
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, object] | None = None
+        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, object] | None = None,
+        *, serving: bool = True,
     ) -> Settings:
-        env = os.environ if env is None else env
+        """Defaults, then the environment, then `overrides` (CLI flags); validated.
+
+        `serving=False` (operator commands) skips the checks that only matter to a
+        running relay: that some token type is accepted, the emulator refusal.
+        """
+        env = process_environment() if env is None else env
 
         def get(name: str, default: str = "") -> str:
             return env.get(name, default).strip()
 
-        # Emulator refusal (unless in the explicit development mode), OIDC, client keys.
-        token_values = token_settings.from_env(get, parse_duration)
+        client_keys = (get("AUTHZ_CLIENT_KEYS") or "auto").lower()
+        if client_keys not in ("on", "off", "auto"):
+            raise ConfigError(f"AUTHZ_CLIENT_KEYS: {client_keys!r} must be on, off or auto")
+        emulator_host = get("FIREBASE_AUTH_EMULATOR_HOST")
+        dev_flag = parse_bool("AUTHZ_DEV_ACCEPT_EMULATOR_TOKENS",
+                              get("AUTHZ_DEV_ACCEPT_EMULATOR_TOKENS"))
+        metrics_raw = get("AUTHZ_METRICS_ADDR")
         values: dict[str, object] = {
+            # core
             "firebase_project_id": get("AUTHZ_FIREBASE_PROJECT_ID"),
             "firebase_certs_url": get("AUTHZ_FIREBASE_CERTS_URL") or GOOGLE_SECURETOKEN_CERTS_URL,
             "upstream_url": get("AUTHZ_UPSTREAM_URL") or "https://api.openai.com",
             "upstream_ca_file": get("AUTHZ_UPSTREAM_CA_FILE") or None,
-            "vault_addr": get("VAULT_ADDR") or "http://127.0.0.1:8200",
-            "vault_token": get("VAULT_TOKEN"),
-            "vault_mount": get("AUTHZ_VAULT_MOUNT") or "secret",
-            "vault_path": get("AUTHZ_VAULT_PATH") or "openai/clients/{client_id}",
-            **vault_auth.settings_from_env(get),
             "client_id_claims": tuple(
                 c.strip()
                 for c in (get("AUTHZ_CLIENT_ID_CLAIMS") or "clientId,firebase.tenant").split(",")
@@ -141,14 +183,25 @@ class Settings:
             "stream_idle_timeout_s": parse_duration(
                 "AUTHZ_STREAM_IDLE_TIMEOUT", get("AUTHZ_STREAM_IDLE_TIMEOUT") or "300s"
             ),
-            "grpc_addr": parse_addr("AUTHZ_GRPC_ADDR", get("AUTHZ_GRPC_ADDR") or "127.0.0.1:9001"),
+            "grpc_addr": parse_addr("AUTHZ_GRPC_ADDR", get("AUTHZ_GRPC_ADDR") or DEFAULT_GRPC_ADDR),
             "metrics_addr": (
-                None
-                if get("AUTHZ_METRICS_ADDR").lower() in ("off", "none", "disabled")
-                else parse_addr(
-                    "AUTHZ_METRICS_ADDR", get("AUTHZ_METRICS_ADDR") or "127.0.0.1:9464"
-                )
+                None if metrics_raw.lower() in ("off", "none", "disabled")
+                else parse_addr("AUTHZ_METRICS_ADDR", metrics_raw or DEFAULT_METRICS_ADDR)
             ),
+            # Vault and its login
+            "vault_addr": get("VAULT_ADDR") or DEFAULT_VAULT_ADDR,
+            "vault_addr_given": bool(get("VAULT_ADDR")),
+            "vault_token": get("VAULT_TOKEN"),
+            "vault_mount": get("AUTHZ_VAULT_MOUNT") or "secret",
+            "vault_path": get("AUTHZ_VAULT_PATH") or DEFAULT_TENANT_PATH,
+            "vault_auth": (get("AUTHZ_VAULT_AUTH") or "token").lower(),
+            "vault_auth_mount": get("AUTHZ_VAULT_AUTH_MOUNT"),
+            "vault_role_id": get("AUTHZ_VAULT_ROLE_ID"),
+            "vault_role_id_file": get("AUTHZ_VAULT_ROLE_ID_FILE") or None,
+            "vault_secret_id_file": get("AUTHZ_VAULT_SECRET_ID_FILE") or None,
+            "vault_k8s_role": get("AUTHZ_VAULT_K8S_ROLE"),
+            "vault_k8s_token_file": get("AUTHZ_VAULT_K8S_TOKEN_FILE") or DEFAULT_K8S_TOKEN_FILE,
+            # caches and drain
             "key_cache_ttl_s": parse_duration(
                 "AUTHZ_KEY_CACHE_TTL", get("AUTHZ_KEY_CACHE_TTL") or "300s"
             ),
@@ -165,59 +218,153 @@ class Settings:
             "metrics_tenants": tuple(
                 t.strip() for t in get("AUTHZ_METRICS_TENANTS").split(",") if t.strip()
             ),
-            "metrics_tenant_cap": _parse_int(
+            "metrics_tenant_cap": parse_int(
                 "AUTHZ_METRICS_TENANT_CAP", get("AUTHZ_METRICS_TENANT_CAP") or "50"
             ),
             "log_level": (get("AUTHZ_LOG_LEVEL") or "INFO").upper(),
-            **token_values,
+            # token types
+            "firebase_emulator_host": emulator_host or None,
+            "dev_accept_emulator_tokens": dev_flag,
+            "firebase_emulator_mode": bool(emulator_host and dev_flag),
+            "firebase_check_revoked": parse_bool("AUTHZ_FIREBASE_CHECK_REVOKED",
+                                                 get("AUTHZ_FIREBASE_CHECK_REVOKED")),
+            "firebase_user_cache_ttl_s": parse_duration(
+                "AUTHZ_FIREBASE_USER_CACHE_TTL", get("AUTHZ_FIREBASE_USER_CACHE_TTL") or "60s"),
+            "oidc_issuers": parse_oidc_issuers(get("AUTHZ_OIDC_ISSUERS")),
+            "client_keys": client_keys,
+            "client_key_cache_ttl_s": parse_duration(
+                "AUTHZ_CLIENT_KEY_CACHE_TTL", get("AUTHZ_CLIENT_KEY_CACHE_TTL") or "30s"),
+            "client_key_index_path": get("AUTHZ_CLIENT_KEY_INDEX_PATH") or DEFAULT_INDEX_PATH,
+            "client_key_pepper": get("AUTHZ_CLIENT_KEY_PEPPER") or DEFAULT_PEPPER,
+            # operator commands
+            "openai_api_key": get("OPENAI_API_KEY"),
+            "google_cloud_project": get("GOOGLE_CLOUD_PROJECT"),
             **cors.settings_from_env(get),
         }
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if "vault_addr" in given:
+            given.setdefault("vault_addr_given", True)
+        values.update(given)
         settings = cls(**values)  # type: ignore[arg-type]
-        settings.validate()
+        settings.validate(serving=serving)
         return settings
 
-    def validate(self) -> None:
-        token_settings.validate(self)
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not what was meant (printed at start)."""
+        found = []
+        if self.vault_addr_given and self.vault_auth == "token" and not self.vault_token:
+            found.append(f"VAULT_ADDR is set ({self.vault_addr}) but VAULT_TOKEN is not: "
+                         "Vault will refuse every read (set VAULT_TOKEN, or AUTHZ_VAULT_AUTH)")
+        return found
+
+    def validate(self, *, serving: bool = True) -> None:
+        if serving:
+            self._validate_ways_in()
+        if self.dev_accept_emulator_tokens and not self.firebase_emulator_host:
+            raise ConfigError("AUTHZ_DEV_ACCEPT_EMULATOR_TOKENS=true needs "
+                              "FIREBASE_AUTH_EMULATOR_HOST (the emulator's HOST:PORT)")
         if self.firebase_project_id and not _PROJECT_ID.match(self.firebase_project_id):
             raise ConfigError(
                 f"AUTHZ_FIREBASE_PROJECT_ID: {self.firebase_project_id!r} is not a project id"
             )
-        for name, url in (("AUTHZ_FIREBASE_CERTS_URL", self.firebase_certs_url),
-                          ("VAULT_ADDR", self.vault_addr),
-                          ("AUTHZ_UPSTREAM_URL", self.upstream_url)):
-            if not url.startswith(("https://", "http://")):
-                raise ConfigError(f"{name}: {url!r} must be an http:// or https:// URL")
+        # Signing keys and Vault secrets come from these: https unless on this machine.
+        require_https_off_loopback("AUTHZ_FIREBASE_CERTS_URL", self.firebase_certs_url)
+        require_https_off_loopback("VAULT_ADDR", self.vault_addr)
+        if not self.upstream_url.startswith(("https://", "http://")):
+            raise ConfigError(
+                f"AUTHZ_UPSTREAM_URL: {self.upstream_url!r} must be an http:// or https:// URL")
         if self.upstream_ca_file and not os.path.isfile(self.upstream_ca_file):
             raise ConfigError(f"AUTHZ_UPSTREAM_CA_FILE: {self.upstream_ca_file!r} is not a file")
+        self._validate_vault()
+        if not self.client_id_claims:
+            raise ConfigError("AUTHZ_CLIENT_ID_CLAIMS must name at least one claim")
+        for claim in self.client_id_claims:
+            if not CLAIM_PATH.match(claim):
+                raise ConfigError(f"AUTHZ_CLIENT_ID_CLAIMS: {claim!r} is not a claim name "
+                                  "(dots separate nested claims: firebase.tenant)")
+        for name, value, low, high, text in (
+            ("AUTHZ_CHECK_TIMEOUT", self.check_timeout_s, 0, 60, "1ms and 60s"),
+            ("AUTHZ_STREAM_IDLE_TIMEOUT", self.stream_idle_timeout_s, 0, 86400, "1ms and 24h"),
+            ("AUTHZ_KEY_CACHE_TTL", self.key_cache_ttl_s, 0, 86400, "1ms and 24h"),
+            ("AUTHZ_CLIENT_KEY_CACHE_TTL", self.client_key_cache_ttl_s, 0, 3600, "1ms and 1h"),
+            ("AUTHZ_FIREBASE_USER_CACHE_TTL", self.firebase_user_cache_ttl_s, 0, 3600,
+             "1ms and 1h"),
+        ):
+            if not low < value <= high:
+                raise ConfigError(f"{name} must be between {text}")
+        for name, value, high, text in (
+            ("AUTHZ_KEY_STALE_IF_ERROR", self.key_stale_if_error_s, 7 * 86400, "0 and 7 days"),
+            ("AUTHZ_KEY_NEGATIVE_TTL", self.key_negative_ttl_s, 3600, "0 and 1h"),
+            ("AUTHZ_CLOCK_SKEW", self.clock_skew_s, 300, "0 and 5m"),
+            ("AUTHZ_DRAIN_TIMEOUT", self.drain_timeout_s, 3600, "0 and 1h"),
+            ("AUTHZ_METRICS_TENANT_CAP", self.metrics_tenant_cap, 10_000, "0 and 10000"),
+        ):
+            if not 0 <= value <= high:
+                raise ConfigError(f"{name} must be between {text}")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("AUTHZ_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+
+    def _validate_ways_in(self) -> None:
+        """A running relay must accept some token type, and never unsigned ones silently."""
+        project = self.firebase_project_id
+        if self.firebase_emulator_host and not self.dev_accept_emulator_tokens:
+            # Emulator tokens are unsigned: honouring them silently would accept forgeries.
+            raise ConfigError(
+                "FIREBASE_AUTH_EMULATOR_HOST is set: emulator tokens carry no signature, so "
+                "this service refuses to start rather than accept unsigned tokens. Unset it, "
+                "or, for local development only, also set AUTHZ_DEV_ACCEPT_EMULATOR_TOKENS=true"
+            )
+        if not project and not self.oidc_issuers and self.client_keys != "on":
+            raise ConfigError(
+                "AUTHZ_FIREBASE_PROJECT_ID is required: the Firebase project whose ID tokens "
+                "this relay accepts (or configure AUTHZ_OIDC_ISSUERS, or set "
+                "AUTHZ_CLIENT_KEYS=on to accept relay-issued client keys only; "
+                "`authz up --demo` does that for you)")
+        if self.firebase_emulator_mode and not project:
+            raise ConfigError("the Firebase Auth Emulator mode needs AUTHZ_FIREBASE_PROJECT_ID")
+        if self.firebase_check_revoked and not project:
+            raise ConfigError("AUTHZ_FIREBASE_CHECK_REVOKED needs AUTHZ_FIREBASE_PROJECT_ID")
+        if project:
+            for issuer in self.oidc_issuers:
+                if issuer.issuer == ISSUER_PREFIX + project:
+                    raise ConfigError("AUTHZ_OIDC_ISSUERS: Firebase's issuer is configured by "
+                                      "AUTHZ_FIREBASE_PROJECT_ID, not as an OIDC issuer")
+
+    def _validate_vault(self) -> None:
         if "{client_id}" not in self.vault_path:
             raise ConfigError("AUTHZ_VAULT_PATH must contain {client_id}")
         if not _VAULT_SEGMENTS.match(self.vault_mount):
             raise ConfigError(f"AUTHZ_VAULT_MOUNT: {self.vault_mount!r} is not a mount path")
         if not _VAULT_SEGMENTS.match(self.vault_path.replace("{client_id}", "x")):
             raise ConfigError(f"AUTHZ_VAULT_PATH: {self.vault_path!r} is not a secret path")
-        vault_auth.validate_settings(self)
-        if not self.client_id_claims:
-            raise ConfigError("AUTHZ_CLIENT_ID_CLAIMS must name at least one claim")
-        for claim in self.client_id_claims:
-            if not _CLAIM_PATH.match(claim):
-                raise ConfigError(f"AUTHZ_CLIENT_ID_CLAIMS: {claim!r} is not a claim name "
-                                  "(dots separate nested claims: firebase.tenant)")
-        if not 0 < self.check_timeout_s <= 60:
-            raise ConfigError("AUTHZ_CHECK_TIMEOUT must be between 1ms and 60s")
-        if not 0 < self.stream_idle_timeout_s <= 24 * 3600:
-            raise ConfigError("AUTHZ_STREAM_IDLE_TIMEOUT must be between 1ms and 24h")
-        if not 0 < self.key_cache_ttl_s <= 24 * 3600:
-            raise ConfigError("AUTHZ_KEY_CACHE_TTL must be between 1ms and 24h")
-        if not 0 <= self.key_stale_if_error_s <= 7 * 24 * 3600:
-            raise ConfigError("AUTHZ_KEY_STALE_IF_ERROR must be between 0 and 7 days")
-        if not 0 <= self.key_negative_ttl_s <= 3600:
-            raise ConfigError("AUTHZ_KEY_NEGATIVE_TTL must be between 0 and 1h")
-        if not 0 <= self.clock_skew_s <= 300:
-            raise ConfigError("AUTHZ_CLOCK_SKEW must be between 0 and 5m")
-        if not 0 <= self.drain_timeout_s <= 3600:
-            raise ConfigError("AUTHZ_DRAIN_TIMEOUT must be between 0 and 1h")
-        if not 0 <= self.metrics_tenant_cap <= 10_000:
-            raise ConfigError("AUTHZ_METRICS_TENANT_CAP must be between 0 and 10000")
-        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError("AUTHZ_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        if not _VAULT_SEGMENTS.match(self.client_key_index_path):
+            raise ConfigError(f"AUTHZ_CLIENT_KEY_INDEX_PATH: {self.client_key_index_path!r} "
+                              "is not a secret path")
+        pepper = parse_pepper_source("AUTHZ_CLIENT_KEY_PEPPER", self.client_key_pepper)
+        if pepper.kind == "vault" and not _VAULT_SEGMENTS.match(pepper.path):
+            raise ConfigError(f"AUTHZ_CLIENT_KEY_PEPPER: {pepper.path!r} is not a secret path")
+        if self.client_keys_enabled and not self.vault_path.endswith("/{client_id}"):
+            raise ConfigError("AUTHZ_VAULT_PATH must end in /{client_id} while client keys are "
+                              "enabled (their records live under it); or set AUTHZ_CLIENT_KEYS=off")
+        method = self.vault_auth
+        if method not in AUTH_METHODS:
+            raise ConfigError(
+                f"AUTHZ_VAULT_AUTH: {method!r} is not one of {', '.join(AUTH_METHODS)}")
+        if self.vault_auth_mount and not _VAULT_SEGMENTS.match(self.vault_auth_mount):
+            raise ConfigError(
+                f"AUTHZ_VAULT_AUTH_MOUNT: {self.vault_auth_mount!r} is not a mount path")
+        if method == "approle":
+            if bool(self.vault_role_id) == bool(self.vault_role_id_file):
+                raise ConfigError("AUTHZ_VAULT_AUTH=approle needs exactly one of "
+                                  "AUTHZ_VAULT_ROLE_ID and AUTHZ_VAULT_ROLE_ID_FILE")
+            for name, path in (("AUTHZ_VAULT_ROLE_ID_FILE", self.vault_role_id_file),
+                               ("AUTHZ_VAULT_SECRET_ID_FILE", self.vault_secret_id_file)):
+                if path and not os.path.isfile(path):
+                    raise ConfigError(f"{name}: {path!r} is not a file")
+        elif method == "kubernetes":
+            if not self.vault_k8s_role:
+                raise ConfigError("AUTHZ_VAULT_AUTH=kubernetes needs AUTHZ_VAULT_K8S_ROLE "
+                                  "(the Vault role bound to this service account)")
+            if not os.path.isfile(self.vault_k8s_token_file):
+                raise ConfigError(f"AUTHZ_VAULT_K8S_TOKEN_FILE: {self.vault_k8s_token_file!r} "
+                                  "is not a file (is a service account token mounted?)")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 
+from authz.cli.common import UsageError, operator_settings
+from authz.settings import format_addr
 from authz.tenants.client_id import validate_client_id
 
 
@@ -41,7 +42,18 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"authz cache: {exc}", file=sys.stderr)
             return 2
-    targets = args.admin or [os.environ.get("AUTHZ_METRICS_ADDR") or "127.0.0.1:9464"]
+    targets: list[str] = list(args.admin or [])
+    if not targets:
+        try:
+            metrics = operator_settings("settings").metrics_addr
+        except UsageError as exc:
+            print(f"authz cache: {exc}", file=sys.stderr)
+            return 2
+        if metrics is None:
+            print("authz cache: AUTHZ_METRICS_ADDR is off: name the admin address with --admin",
+                  file=sys.stderr)
+            return 2
+        targets = [format_addr(metrics)]
     failed = 0
     results = []
     for target in targets:

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
 
+from authz.cli.common import (
+    UsageError,
+    client_key_store,
+    operator_settings,
+    require_vault,
+    tenant_store,
+)
 from authz.errors import ConfigError, VaultUnavailable
 from authz.settings import parse_duration
 from authz.tenants.client_id import validate_client_id
-from authz.tenants.client_key_store import KeyInfo, VaultClientKeyStore
-from authz.tenants.vault import VaultTenantStore
+from authz.tenants.client_key_store import KeyInfo
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT = 0, 1, 2, 3
 
@@ -79,13 +84,13 @@ def run(args: argparse.Namespace) -> int:
         lifetime = parse_lifetime(args.expires_in) if getattr(args, "expires_in", None) else None
     except (ValueError, ConfigError) as exc:
         return _fail(str(exc), EXIT_USAGE)
-    if not os.environ.get("VAULT_ADDR") or not os.environ.get("VAULT_TOKEN"):
-        return _fail("VAULT_ADDR and VAULT_TOKEN must be set (authz up prints them)", EXIT_USAGE)
-    store = VaultClientKeyStore.from_env()
-    tenants = VaultTenantStore(
-        os.environ["VAULT_ADDR"], os.environ["VAULT_TOKEN"],
-        mount=os.environ.get("AUTHZ_VAULT_MOUNT") or "secret",
-        path_template=os.environ.get("AUTHZ_VAULT_PATH") or "openai/clients/{client_id}")
+    try:
+        settings = operator_settings("settings")
+        require_vault(settings)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    store = client_key_store(settings)
+    tenants = tenant_store(settings)
     now = time.time()
     try:
         if tenants.read(client_id) is None:
@@ -119,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             text = (f"{info.key_id} revoked: the relay refuses it within "
                     "AUTHZ_CLIENT_KEY_CACHE_TTL (30s by default)")
     except VaultUnavailable as exc:
-        return _fail(f"Vault at {os.environ.get('VAULT_ADDR')} failed: {exc.log_detail}",
+        return _fail(f"Vault at {settings.vault_addr} failed: {exc.log_detail}",
                      EXIT_VAULT)
     print(json.dumps(result) if args.json else text)
     return EXIT_OK

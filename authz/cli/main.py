@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from importlib import metadata
 
 from authz.cli import cache as cache_cli
 from authz.cli import keys as keys_cli
@@ -25,14 +26,38 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"authz serve: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(settings))
+    for warning in settings.warnings():
+        print(f"authz serve: warning: {warning}", file=sys.stderr)
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:  # an address in use: one line, no traceback
+        print(f"authz serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _up(args: argparse.Namespace) -> int:
     from authz.stack.up import run_up
 
-    return run_up(args.listen, {}, demo=args.demo)
+    return run_up(args.listen, {}, demo=args.demo, logs_dir=args.logs)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("openai-relay")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+_UP_ENVIRONMENT = """environment (flags win over it; the full table is docs/configuration.md):
+  VAULT_ADDR, VAULT_TOKEN     an existing Vault; unset: an in-memory OpenBao dev server
+  AUTHZ_FIREBASE_PROJECT_ID   Firebase project whose ID tokens are accepted
+  AUTHZ_OIDC_ISSUERS          OIDC issuers (JSON); AUTHZ_CLIENT_KEYS=on|off|auto
+  AUTHZ_UPSTREAM_URL          where requests go (default https://api.openai.com)
+  AUTHZ_GRPC_ADDR             authz gRPC address (default: a free loopback port)
+  AUTHZ_METRICS_ADDR          authz /metrics and /admin (default: a free loopback port)
+  OPENAI_API_KEY              with --demo: the demo tenant's key
+"""
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
@@ -63,13 +88,23 @@ def _envoy_config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authz", description=(
         "openai-relay: an authenticating OpenAI relay (Envoy + ext_authz + Vault)."))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="run the whole stack locally, in the foreground")
-    up.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for the relay")
+    up = commands.add_parser(
+        "up", help="run the whole stack locally, in the foreground",
+        description="Run Envoy, the authz service and (when VAULT_ADDR is unset) an OpenBao "
+                    "dev server on loopback, in the foreground; Ctrl-C stops everything.",
+        epilog=_UP_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    up.add_argument("--listen", default="127.0.0.1:8080",
+                    help="HOST:PORT for the relay (default: %(default)s)")
     up.add_argument("--demo", action="store_true", help=(
         "create tenant 'demo' from $OPENAI_API_KEY, issue it a client key and print a "
-        "ready-to-paste curl line and openai-SDK snippet"))
+        "ready-to-paste curl line and openai-SDK snippet; switches AUTHZ_CLIENT_KEYS=on "
+        "when no Firebase project or OIDC issuer is set"))
+    up.add_argument("--logs", metavar="DIR", help=(
+        "keep the logs (and Envoy's config) in DIR; default: a temporary folder removed "
+        "on exit"))
     up.set_defaults(handler=_up)
 
     serve = commands.add_parser("serve", help="run the ext_authz gRPC service alone")

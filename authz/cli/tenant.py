@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
+from authz.cli.common import (
+    UsageError,
+    client_key_store,
+    operator_settings,
+    require_vault,
+    tenant_store,
+)
 from authz.errors import VaultUnavailable
+from authz.settings import Settings
 from authz.tenants.client_id import validate_client_id
-from authz.tenants.client_key_store import VaultClientKeyStore
 from authz.tenants.vault import TenantKey, VaultTenantStore, mask
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_VAULT = 0, 1, 2, 3
@@ -48,16 +54,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tenant.set_defaults(handler=run)
 
 
-def _store() -> VaultTenantStore:
-    addr, token = os.environ.get("VAULT_ADDR", ""), os.environ.get("VAULT_TOKEN", "")
-    if not addr or not token:
-        raise SystemExit(_fail("VAULT_ADDR and VAULT_TOKEN must be set (authz up prints them)",
-                               EXIT_USAGE))
-    return VaultTenantStore(
-        addr, token,
-        mount=os.environ.get("AUTHZ_VAULT_MOUNT") or "secret",
-        path_template=os.environ.get("AUTHZ_VAULT_PATH") or "openai/clients/{client_id}",
-    )
+def _store(settings: Settings) -> VaultTenantStore:
+    try:
+        require_vault(settings)
+    except UsageError as exc:
+        raise SystemExit(_fail(str(exc), EXIT_USAGE)) from None
+    return tenant_store(settings)
+
+
+def _settings() -> Settings:
+    try:
+        return operator_settings("settings")
+    except UsageError as exc:
+        raise SystemExit(_fail(str(exc), EXIT_USAGE)) from None
 
 
 def _fail(message: str, code: int) -> int:
@@ -65,28 +74,29 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _read_key(args: argparse.Namespace) -> str:
+def _read_key(args: argparse.Namespace, settings: Settings) -> str:
     if args.api_key:
         return str(args.api_key).strip()
     if args.stdin:
         return sys.stdin.readline().strip()
-    return os.environ.get("OPENAI_API_KEY", "").strip()
+    return settings.openai_api_key
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = _settings()
     if args.action == "list":
-        return _list(args)
+        return _list(args, settings)
     try:
         client_id = validate_client_id(args.client_id)
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    store = _store()
+    store = _store(settings)
     try:
         if args.action == "rotate":
             current = store.read(client_id)
             if current is None:
                 return _fail(f"no tenant {client_id!r} (use put to create it)", EXIT_NOT_FOUND)
-            api_key = _read_key(args)
+            api_key = _read_key(args, settings)
             if not api_key:
                 return _fail("no key given: set OPENAI_API_KEY, or use --stdin", EXIT_USAGE)
             if api_key == current.api_key:
@@ -100,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{mask(api_key)} (version {version}); the relay uses it within "
                     "AUTHZ_KEY_CACHE_TTL (300s by default)")
         elif args.action == "put":
-            api_key = _read_key(args)
+            api_key = _read_key(args, settings)
             if not api_key:
                 return _fail("no key given: set OPENAI_API_KEY, or use --stdin", EXIT_USAGE)
             version = store.write(client_id, TenantKey(api_key, args.organization, args.project))
@@ -117,19 +127,19 @@ def run(args: argparse.Namespace) -> int:
         else:
             if not store.delete(client_id):
                 return _fail(f"no tenant {client_id!r}", EXIT_NOT_FOUND)
-            revoked = VaultClientKeyStore.from_env().revoke_all(client_id)
+            revoked = client_key_store(settings).revoke_all(client_id)
             result = {"client_id": client_id, "deleted": True, "client_keys_revoked": revoked}
             text = f"tenant {client_id}: deleted ({revoked} client key(s) revoked)"
     except VaultUnavailable as exc:
-        return _fail(f"Vault at {os.environ.get('VAULT_ADDR')} failed: {exc.log_detail}",
+        return _fail(f"Vault at {settings.vault_addr} failed: {exc.log_detail}",
                      EXIT_VAULT)
     print(json.dumps(result) if args.json else text)
     return EXIT_OK
 
 
-def _list(args: argparse.Namespace) -> int:
-    store = _store()
-    keys = VaultClientKeyStore.from_env()
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    store = _store(settings)
+    keys = client_key_store(settings)
     try:
         tenants = []
         for client_id in keys.list_tenants():
@@ -138,7 +148,7 @@ def _list(args: argparse.Namespace) -> int:
                 tenants.append({"client_id": client_id, "api_key": mask(key.api_key),
                                 "organization": key.organization, "project": key.project})
     except VaultUnavailable as exc:
-        return _fail(f"Vault at {os.environ.get('VAULT_ADDR')} failed: {exc.log_detail}",
+        return _fail(f"Vault at {settings.vault_addr} failed: {exc.log_detail}",
                      EXIT_VAULT)
     if args.json:
         print(json.dumps(tenants))

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
+from authz.cli.common import UsageError, operator_settings
 from authz.tenants.client_id import validate_client_id
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_FIREBASE = 0, 1, 2, 4
@@ -61,8 +61,12 @@ def _auth_client(project: str, tenant: str | None) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    project = (args.project or os.environ.get("AUTHZ_FIREBASE_PROJECT_ID")
-               or os.environ.get("GOOGLE_CLOUD_PROJECT") or "").strip()
+    try:
+        settings = operator_settings("settings")
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    project = (args.project or settings.firebase_project_id
+               or settings.google_cloud_project or "").strip()
     if not project:
         return _fail("no Firebase project: use --project or set AUTHZ_FIREBASE_PROJECT_ID",
                      EXIT_USAGE)
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(exc), EXIT_USAGE)
     from firebase_admin import auth, exceptions
 
-    where = os.environ.get("FIREBASE_AUTH_EMULATOR_HOST") or "Firebase"
+    where = settings.firebase_emulator_host or "Firebase"
     try:
         client = _auth_client(project, args.tenant)
         user = client.get_user(args.uid)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,10 +31,10 @@ from authz.credentials.jose import jwt
 from authz.credentials.jose.certs import KeyStore
 from authz.credentials.jose.jwks import Jwk
 from authz.errors import AuthenticationFailed, ConfigError
+from authz.tenants.client_id import CLAIM_PATH as _CLAIM_PATH
 from authz.tenants.client_id import client_id_from_claims, is_valid_client_id
 
 SETTING = "AUTHZ_OIDC_ISSUERS"
-_CLAIM_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 _KNOWN_FIELDS = frozenset({"issuer", "audience", "jwks_url", "client_id_claim", "client_id",
                            "algorithms"})
 MAX_SUBJECT_CHARS = 255

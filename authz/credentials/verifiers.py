@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from authz.credentials.client_keys import ClientKeyVerifier, looks_like_client_key
 from authz.credentials.firebase import ISSUER_PREFIX, FirebaseVerifier
@@ -32,9 +32,11 @@ from authz.credentials.jose.certs import CertStore, KeyStore
 from authz.credentials.jose.jwks import JwksStore
 from authz.credentials.oidc import OidcVerifier
 from authz.errors import AuthenticationFailed
-from authz.settings import Settings
 from authz.tenants.client_key_store import VaultClientKeyStore, parse_pepper_source
 from authz.tenants.vault_login import TokenProvider
+
+if TYPE_CHECKING:  # settings sit above credentials: a type, never a runtime import
+    from authz.settings import Settings
 
 log = logging.getLogger(__name__)
 

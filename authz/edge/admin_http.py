@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -86,7 +87,8 @@ class AdminServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # scrapes and probes are not worth a log line each
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        self._httpd = server_class((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=admin._httpd.serve_forever, name="admin-http",
                                         daemon=True)
@@ -101,3 +103,9 @@ class AdminServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    """The admin server on an IPv6 address (AUTHZ_METRICS_ADDR=[::1]:9464)."""
+
+    address_family = socket.AF_INET6

@@ -14,11 +14,13 @@ and the health stubs only, so a probe costs little CPU.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from authz.config.env import DEFAULT_GRPC_ADDR, format_addr, parse_addr, process_environment
+from authz.errors import ConfigError
 
 
 def check(addr: str, service: str = "", timeout_s: float = 2.0) -> tuple[bool, str]:
@@ -37,10 +39,19 @@ def check(addr: str, service: str = "", timeout_s: float = 2.0) -> tuple[bool, s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m authz.edge.healthcheck")
-    parser.add_argument("--addr", default=os.environ.get("AUTHZ_GRPC_ADDR") or "127.0.0.1:9001")
+    parser.add_argument("--addr", help="HOST:PORT (default: AUTHZ_GRPC_ADDR, or 127.0.0.1:9001)")
     parser.add_argument("--service", default="", help="health service name ('' = server)")
     parser.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
+    if not args.addr:
+        # AUTHZ_GRPC_ADDR as the settings model reads it (same parser and default), through
+        # its light half: a probe must not load the whole service.
+        raw = process_environment().get("AUTHZ_GRPC_ADDR", "").strip() or DEFAULT_GRPC_ADDR
+        try:
+            args.addr = format_addr(parse_addr("AUTHZ_GRPC_ADDR", raw))
+        except ConfigError as exc:
+            print(f"authz healthcheck: {exc}", file=sys.stderr)
+            return 2
     serving, seen = check(args.addr, args.service, args.timeout)
     print(f"authz {args.addr}: {seen}", file=sys.stdout if serving else sys.stderr)
     return 0 if serving else 1

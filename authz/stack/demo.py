@@ -9,7 +9,6 @@ and openai-SDK snippet that use it are printed.
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import MutableMapping
 
@@ -67,6 +66,3 @@ def create(settings: Settings, vault_addr: str, vault_token: str, relay_url: str
         READY_LINE,
     ])
 
-
-def vault_token_for(stack_token: str) -> str:
-    return stack_token or os.environ.get("VAULT_TOKEN", "")

@@ -18,12 +18,14 @@ import math
 import os
 import re
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from string import Template
 from typing import NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 
+from authz.config.env import process_environment
 from authz.stack import cors
 
 __all__ = [
@@ -156,7 +158,7 @@ def parse_upstream_url(url: str) -> Upstream:
     return Upstream(scheme=scheme, host=host, port=port, is_ip=is_ip)
 
 
-def default_ca_file() -> str:
+def default_ca_file(env: Mapping[str, str] | None = None) -> str:
     """The system trust store as one PEM file (Envoy needs a file, not a directory).
 
     Tries the interpreter's OpenSSL default (and SSL_CERT_FILE), then the well-known
@@ -164,7 +166,7 @@ def default_ca_file() -> str:
     """
     paths = ssl.get_default_verify_paths()
     candidates = [
-        os.environ.get(paths.openssl_cafile_env or "SSL_CERT_FILE", ""),
+        (env or {}).get(paths.openssl_cafile_env or "SSL_CERT_FILE", ""),
         paths.cafile or "",
         paths.openssl_cafile or "",
         *_WELL_KNOWN_CA_FILES,
@@ -296,7 +298,7 @@ def _upstream_tls(params: EnvoyParams, upstream: Upstream) -> Json | None:
     ca_file = (
         _file_path("upstream_ca_file", params.upstream_ca_file)
         if params.upstream_ca_file
-        else default_ca_file()
+        else default_ca_file(process_environment())
     )
     san_type = "IP_ADDRESS" if upstream.is_ip else "DNS"
     context: dict[str, Json] = {

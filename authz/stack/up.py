@@ -4,14 +4,23 @@ server, all on loopback, in the foreground.
 Each child is started, then waited on until it is ready (never a fixed sleep). Ctrl-C or
 SIGTERM stops every child, by PID. If a child dies, the stack stops and says which
 child, its exit status and the end of its log.
+
+Addresses: the relay listens on --listen (127.0.0.1:8080 unless told); every other address
+(authz gRPC, authz metrics/admin, Envoy admin, readiness) is a free port unless its
+setting is given, and the banner prints each one. Any address already taken stops `up`
+before anything starts, with one line naming the setting. The run folder (Envoy config,
+logs, the dev server's files) is temporary and removed on exit unless --logs names one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,8 +35,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from authz.errors import ConfigError, VaultUnavailable
-from authz.settings import Settings, parse_addr
+from authz.errors import AddressInUse, ConfigError, VaultUnavailable
+from authz.settings import Settings, format_addr, parse_addr, process_environment
 from authz.stack.binaries import bao_binary, envoy_binary
 from authz.stack.envoy_config import EnvoyParams, render
 
@@ -36,10 +45,69 @@ class StackError(Exception):
     pass
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def check_bindable(setting: str, addr: tuple[str, int]) -> None:
+    """AddressInUse naming `setting` if nothing new could listen on addr.
+
+    Without SO_REUSEPORT on purpose: a port held by an Envoy (whose listeners would
+    otherwise share it, splitting connections between two stacks) is refused too.
+    """
+    with socket.socket(_family(addr[0]), socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+            sock.listen(1)
+        except OSError as exc:
+            cause = ("already in use" if exc.errno == errno.EADDRINUSE
+                     else f"not bindable ({exc.strerror})")
+            raise AddressInUse(setting, format_addr(addr), cause) from None
+
+
+def vault_problem(settings: Settings) -> str | None:
+    """Why the configured Vault cannot serve this stack (address and cause), or None."""
+    import requests
+
+    addr = settings.vault_addr.rstrip("/")
+    try:
+        requests.get(f"{addr}/v1/sys/health?standbyok=true&perfstandbyok=true", timeout=3)
+        if settings.vault_auth != "token":
+            return None  # the service logs in itself; its log says how that went
+        if not settings.vault_token:
+            return (f"VAULT_ADDR is set ({addr}) but VAULT_TOKEN is not: set both, or unset "
+                    "VAULT_ADDR for an in-memory dev server")
+        reply = requests.get(f"{addr}/v1/auth/token/lookup-self",
+                             headers={"X-Vault-Token": settings.vault_token}, timeout=3)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        if isinstance(exc, requests.ConnectionError):
+            reason = "connection refused or no route"
+        return f"Vault at {addr} is unreachable: {reason}"
+    if reply.status_code != 200:
+        return f"Vault at {addr} refused VAULT_TOKEN (HTTP {reply.status_code})"
+    return None
+
+
+def authz_command() -> str:
+    """How to run `authz` from the user's shell, as pasted: `authz` when the PATH finds this
+    very installation, else the path of the script beside this interpreter."""
+    script = Path(sys.executable).parent / "authz"
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m authz"
+    found = shutil.which("authz")
+    if found and Path(found).resolve() == script.resolve():
+        return "authz"
+    relative = os.path.relpath(script)
+    shown = relative if not relative.startswith("..") else str(script)
+    return shlex.quote(shown if "/" in shown else "./" + shown)
 
 
 def wait_until(what: str, ready: Callable[[], bool], child: Child, timeout_s: float) -> None:
@@ -147,21 +215,24 @@ class Stack:
     dev_vault: bool = False
     admin: tuple[str, int] = ("127.0.0.1", 0)
     health_port: int = 0
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     def start(self) -> None:
-        env = dict(os.environ)
-        if not os.environ.get("VAULT_ADDR"):
+        env = dict(self.env)
+        if not self.settings.vault_addr_given:
             self._start_bao()
             env.update(VAULT_ADDR=self.vault_addr, VAULT_TOKEN=self.vault_token)
         else:
-            self.vault_addr = os.environ["VAULT_ADDR"]
+            self.vault_addr = self.settings.vault_addr
         grpc_host, grpc_port = self.settings.grpc_addr
-        env["AUTHZ_GRPC_ADDR"] = f"{grpc_host}:{grpc_port}"
+        grpc_addr = format_addr(self.settings.grpc_addr)
+        env["AUTHZ_GRPC_ADDR"] = grpc_addr
+        env["AUTHZ_METRICS_ADDR"] = (format_addr(self.settings.metrics_addr)
+                                     if self.settings.metrics_addr else "off")
         authz = Child("authz", [sys.executable, "-m", "authz", "serve"],
                       self.run_dir / "authz.log", env)
         self._launch(authz)
-        wait_until("authz gRPC health", lambda: grpc_answers(f"{grpc_host}:{grpc_port}"),
-                   authz, 30)
+        wait_until("authz gRPC health", lambda: grpc_answers(grpc_addr), authz, 30)
 
         self.admin = ("127.0.0.1", free_port())
         self.health_port = free_port(self.listen[0])
@@ -196,7 +267,7 @@ class Stack:
         bao = Child("openbao", [
             bao_binary(), "server", "-dev", f"-dev-root-token-id={self.vault_token}",
             f"-dev-listen-address=127.0.0.1:{port}",
-        ], self.run_dir / "openbao.log", {**os.environ, "HOME": str(self.run_dir)})
+        ], self.run_dir / "openbao.log", {**self.env, "HOME": str(self.run_dir)})
         self._launch(bao)
         wait_until("openbao", lambda: http_ok(f"{self.vault_addr}/v1/sys/health"), bao, 30)
 
@@ -210,7 +281,7 @@ class Stack:
         envoy = next((c for c in self.children if c.name == "envoy"), None)
         if envoy is None or envoy.process is None or envoy.process.poll() is not None:
             return
-        admin = f"{self.admin[0]}:{self.admin[1]}"
+        admin = format_addr(self.admin)
         try:
             http_call(f"http://{admin}/drain_listeners?graceful&inboundonly", "POST")
             deadline = time.monotonic() + self.settings.drain_timeout_s
@@ -227,7 +298,7 @@ class Stack:
         """One line per part: where it listens and whether it is ready."""
         lines = []
         if self.settings.metrics_addr is not None:
-            metrics = "{}:{}".format(*self.settings.metrics_addr)
+            metrics = format_addr(self.settings.metrics_addr)
             try:
                 _code, report = http_json(f"http://{metrics}/readyz")
                 state = "ready" if report.get("ready") else "NOT READY " + json.dumps(report)
@@ -235,7 +306,7 @@ class Stack:
                 state = "state unknown"
             lines.append(f"  authz      {state}")
         try:
-            code, _ = http_json(f"http://{self.listen[0]}:{self.health_port}/ready")
+            code, _ = http_json(f"http://{format_addr((self.listen[0], self.health_port))}/ready")
         except (OSError, ValueError):
             code = 0
         lines.append("  envoy      " + ("ready" if code == 200 else f"NOT READY (/ready {code})"))
@@ -247,17 +318,22 @@ class Stack:
                 return child
         return None
 
-    def banner(self) -> str:
-        base = f"http://{self.listen[0]}:{self.listen[1]}"
+    def banner(self, *, logs_kept: bool = False) -> str:
+        base = f"http://{format_addr(self.listen)}"
+        metrics = self.settings.metrics_addr
+        authz = authz_command()
         lines = [
             "openai-relay is up:",
             f"  relay      {base}/api/openai/  ->  {self.settings.upstream_url}",
-            f"  authz      grpc {self.settings.grpc_addr[0]}:{self.settings.grpc_addr[1]}",
-            f"  envoy      admin http://{self.admin[0]}:{self.admin[1]}",
+            f"  authz      grpc {format_addr(self.settings.grpc_addr)}",
+            *([f"  metrics    http://{format_addr(metrics)}/metrics  (and /readyz, /admin/*)"]
+              if metrics else []),
+            f"  envoy      admin http://{format_addr(self.admin)}",
             f"  vault      {self.vault_addr}" + ("  (OpenBao dev server, in memory)"
                                                  if self.dev_vault else ""),
-            f"  readiness  http://{self.listen[0]}:{self.health_port}/ready",
-            f"  logs       {self.run_dir}",
+            f"  readiness  http://{format_addr((self.listen[0], self.health_port))}/ready",
+            f"  logs       {self.run_dir}" + ("" if logs_kept else
+                                              "  (removed on exit; keep them: --logs DIR)"),
             "",
             "State:",
             *self.status(),
@@ -267,8 +343,8 @@ class Stack:
         if self.dev_vault:
             lines.append(f"  export VAULT_ADDR={self.vault_addr} VAULT_TOKEN={self.vault_token}")
         lines += [
-            "  OPENAI_API_KEY=sk-... authz tenant put my-tenant",
-            "  TOKEN=$(authz keys issue my-tenant)   # a client key; or a Firebase ID token "
+            f"  OPENAI_API_KEY=sk-... {authz} tenant put my-tenant",
+            f"  TOKEN=$({authz} keys issue my-tenant)   # a client key; or a Firebase ID token "
             "whose clientId claim is my-tenant",
             f"  curl {base}/api/openai/v1/models -H \"Authorization: Bearer $TOKEN\"",
             "Ctrl-C stops everything.",
@@ -276,25 +352,45 @@ class Stack:
         return "\n".join(lines)
 
 
-def run_up(listen: str, settings_overrides: dict[str, object], *, demo: bool = False) -> int:
+def run_up(listen: str, settings_overrides: dict[str, object], *, demo: bool = False,
+           logs_dir: str | None = None) -> int:
+    env = process_environment()  # what the children inherit (and --demo adjusts)
     if demo:
         from authz.stack import demo as demo_setup
 
-        problem = demo_setup.prepare(os.environ)
+        problem = demo_setup.prepare(env)
         if problem:
             print(f"authz up: {problem}", file=sys.stderr)
             return 2
     try:
         listen_addr = parse_addr("--listen", listen)
-        env_grpc = os.environ.get("AUTHZ_GRPC_ADDR")
-        grpc_addr = parse_addr("AUTHZ_GRPC_ADDR", env_grpc) if env_grpc else (
-            "127.0.0.1", free_port())
-        settings = Settings.from_env(overrides={"grpc_addr": grpc_addr, **settings_overrides})
+        # Free-picked unless the user set them: two stacks on one host must not clash.
+        chosen: dict[str, object] = {}
+        if not env.get("AUTHZ_GRPC_ADDR", "").strip():
+            chosen["grpc_addr"] = ("127.0.0.1", free_port())
+        if not env.get("AUTHZ_METRICS_ADDR", "").strip():
+            chosen["metrics_addr"] = ("127.0.0.1", free_port())
+        settings = Settings.from_env(env, overrides={**chosen, **settings_overrides})
+        check_bindable("--listen", listen_addr)
+        check_bindable("AUTHZ_GRPC_ADDR", settings.grpc_addr)
+        if settings.metrics_addr is not None:
+            check_bindable("AUTHZ_METRICS_ADDR", settings.metrics_addr)
     except ConfigError as exc:
         print(f"authz up: {exc}", file=sys.stderr)
         return 2
-    run_dir = Path(tempfile.mkdtemp(prefix="openai-relay-"))
-    stack = Stack(settings, listen_addr, run_dir)
+    for warning in settings.warnings():
+        print(f"authz up: warning: {warning}", file=sys.stderr)
+    if settings.vault_addr_given:
+        problem = vault_problem(settings)
+        if problem:
+            print(f"authz up: {problem}", file=sys.stderr)
+            return 1
+    if logs_dir:
+        run_dir = Path(logs_dir).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = Path(tempfile.mkdtemp(prefix="openai-relay-"))
+    stack = Stack(settings, listen_addr, run_dir, env=env)
 
     stopping: list[int] = []
 
@@ -304,12 +400,19 @@ def run_up(listen: str, settings_overrides: dict[str, object], *, demo: bool = F
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         stack.start()
-        print(stack.banner(), flush=True)
+        demo_lines = ""
         if demo:
-            print(demo_setup.create(
-                settings, stack.vault_addr, demo_setup.vault_token_for(stack.vault_token),
-                f"http://{listen_addr[0]}:{listen_addr[1]}", os.environ["OPENAI_API_KEY"].strip(),
-            ), flush=True)
+            # Before the banner: a stack that cannot store the demo tenant is not "up".
+            try:
+                demo_lines = demo_setup.create(
+                    settings, stack.vault_addr, stack.vault_token or settings.vault_token,
+                    f"http://{format_addr(listen_addr)}", settings.openai_api_key)
+            except VaultUnavailable as exc:
+                raise StackError(f"--demo: Vault at {stack.vault_addr} failed: "
+                                 f"{exc.log_detail}") from None
+        print(stack.banner(logs_kept=bool(logs_dir)), flush=True)
+        if demo_lines:
+            print(demo_lines, flush=True)
         while not stopping:
             dead = stack.first_dead()
             if dead is not None and dead.process is not None:
@@ -327,3 +430,6 @@ def run_up(listen: str, settings_overrides: dict[str, object], *, demo: bool = F
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if not logs_dir:
+            # It holds the dev server's root token and the logs: nothing stays behind.
+            shutil.rmtree(run_dir, ignore_errors=True)

@@ -16,6 +16,9 @@ from authz.errors import ClientIdNotFound
 # One path segment of letters, digits, '.', '_', '-'; starts with a letter or digit,
 # so "." and ".." can never be a clientId.
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# A claim name, dots separating nested claims (firebase.tenant): the one rule, used by the
+# settings (AUTHZ_CLIENT_ID_CLAIMS) and by each OIDC issuer's client_id_claims.
+CLAIM_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 
 
 def is_valid_client_id(value: str) -> bool:

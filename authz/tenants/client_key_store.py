@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,18 +106,6 @@ class VaultClientKeyStore:
         self._tenant_path = tenant_path
         self._index_path = index_path.rstrip("/")
         self._pepper_source = pepper or parse_pepper_source("pepper", DEFAULT_PEPPER)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> VaultClientKeyStore:
-        env = os.environ if env is None else env
-        return cls(
-            env.get("VAULT_ADDR", ""), env.get("VAULT_TOKEN", ""),
-            mount=env.get("AUTHZ_VAULT_MOUNT") or "secret",
-            tenant_path=env.get("AUTHZ_VAULT_PATH") or DEFAULT_TENANT_PATH,
-            index_path=env.get("AUTHZ_CLIENT_KEY_INDEX_PATH") or DEFAULT_INDEX_PATH,
-            pepper=parse_pepper_source("AUTHZ_CLIENT_KEY_PEPPER",
-                                       env.get("AUTHZ_CLIENT_KEY_PEPPER") or DEFAULT_PEPPER),
-        )
 
     def tenant_path(self, client_id: str) -> str:
         return self._tenant_path.format(client_id=validate_client_id(client_id))

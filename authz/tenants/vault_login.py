@@ -24,23 +24,18 @@ Tokens, secret_ids and JWTs never reach a log line or an exception message.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import hvac
 import hvac.exceptions
 import requests
 
-from authz.errors import ConfigError, VaultUnavailable
-
-if TYPE_CHECKING:
-    from authz.settings import Settings
+from authz.errors import VaultUnavailable
 
 __all__ = [
     "AUTH_METHODS",
@@ -50,9 +45,8 @@ __all__ = [
     "RenewingToken",
     "StaticToken",
     "TokenProvider",
-    "settings_from_env",
+    "VaultLogin",
     "token_provider",
-    "validate_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -396,66 +390,40 @@ class RenewingToken:
                 self._failed("token renewal", exc)
 
 
-# --------------------------------------------------------------------------- settings
-
-_MOUNT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
+# --------------------------------------------------------------------------- provider
 
 
-def settings_from_env(get: Callable[[str], str]) -> dict[str, object]:
-    """The Settings fields of Vault authentication, from their environment variables."""
-    return {
-        "vault_auth": (get("AUTHZ_VAULT_AUTH") or "token").lower(),
-        "vault_auth_mount": get("AUTHZ_VAULT_AUTH_MOUNT"),
-        "vault_role_id": get("AUTHZ_VAULT_ROLE_ID"),
-        "vault_role_id_file": get("AUTHZ_VAULT_ROLE_ID_FILE") or None,
-        "vault_secret_id_file": get("AUTHZ_VAULT_SECRET_ID_FILE") or None,
-        "vault_k8s_role": get("AUTHZ_VAULT_K8S_ROLE"),
-        "vault_k8s_token_file": get("AUTHZ_VAULT_K8S_TOKEN_FILE") or DEFAULT_K8S_TOKEN_FILE,
-    }
+@dataclass(frozen=True)
+class VaultLogin:
+    """How to log in to Vault: plain values, built and validated by authz.settings."""
+
+    addr: str
+    method: str = "token"  # one of AUTH_METHODS
+    token: str = field(default="", repr=False)
+    mount: str = ""  # empty: the method's name
+    role_id: str = field(default="", repr=False)
+    role_id_file: str | None = None
+    secret_id_file: str | None = None
+    k8s_role: str = ""
+    k8s_token_file: str = DEFAULT_K8S_TOKEN_FILE
 
 
-def validate_settings(settings: Settings) -> None:
-    """Raise ConfigError naming the variable when the Vault login settings cannot work."""
-    method = settings.vault_auth
-    if method not in AUTH_METHODS:
-        raise ConfigError(f"AUTHZ_VAULT_AUTH: {method!r} is not one of {', '.join(AUTH_METHODS)}")
-    if settings.vault_auth_mount and not _MOUNT.match(settings.vault_auth_mount):
-        raise ConfigError(
-            f"AUTHZ_VAULT_AUTH_MOUNT: {settings.vault_auth_mount!r} is not a mount path"
-        )
-    if method == "approle":
-        if bool(settings.vault_role_id) == bool(settings.vault_role_id_file):
-            raise ConfigError("AUTHZ_VAULT_AUTH=approle needs exactly one of "
-                              "AUTHZ_VAULT_ROLE_ID and AUTHZ_VAULT_ROLE_ID_FILE")
-        for name, path in (("AUTHZ_VAULT_ROLE_ID_FILE", settings.vault_role_id_file),
-                           ("AUTHZ_VAULT_SECRET_ID_FILE", settings.vault_secret_id_file)):
-            if path and not os.path.isfile(path):
-                raise ConfigError(f"{name}: {path!r} is not a file")
-    elif method == "kubernetes":
-        if not settings.vault_k8s_role:
-            raise ConfigError("AUTHZ_VAULT_AUTH=kubernetes needs AUTHZ_VAULT_K8S_ROLE "
-                              "(the Vault role bound to this service account)")
-        if not os.path.isfile(settings.vault_k8s_token_file):
-            raise ConfigError(f"AUTHZ_VAULT_K8S_TOKEN_FILE: {settings.vault_k8s_token_file!r} "
-                              "is not a file (is a service account token mounted?)")
-
-
-def token_provider(settings: Settings) -> TokenProvider:
-    """The provider AUTHZ_VAULT_AUTH asks for (settings are already validated)."""
+def token_provider(login: VaultLogin) -> TokenProvider:
+    """The provider the login's method asks for (its values are already validated)."""
     method: LoginMethod
-    if settings.vault_auth == "approle":
+    if login.method == "approle":
         method = AppRoleLogin(
-            role_id=settings.vault_role_id,
-            role_id_file=settings.vault_role_id_file,
-            secret_id_file=settings.vault_secret_id_file,
-            mount=settings.vault_auth_mount or "approle",
+            role_id=login.role_id,
+            role_id_file=login.role_id_file,
+            secret_id_file=login.secret_id_file,
+            mount=login.mount or "approle",
         )
-    elif settings.vault_auth == "kubernetes":
+    elif login.method == "kubernetes":
         method = KubernetesLogin(
-            role=settings.vault_k8s_role,
-            token_file=settings.vault_k8s_token_file,
-            mount=settings.vault_auth_mount or "kubernetes",
+            role=login.k8s_role,
+            token_file=login.k8s_token_file,
+            mount=login.mount or "kubernetes",
         )
     else:
-        return StaticToken(settings.vault_token)
-    return RenewingToken(settings.vault_addr, method)
+        return StaticToken(login.token)
+    return RenewingToken(login.addr, method)

@@ -1,7 +1,13 @@
 import pytest
 
 from authz.errors import ConfigError
-from authz.settings import GOOGLE_SECURETOKEN_CERTS_URL, Settings, parse_addr, parse_duration
+from authz.settings import (
+    GOOGLE_SECURETOKEN_CERTS_URL,
+    Settings,
+    format_addr,
+    parse_addr,
+    parse_duration,
+)
 
 BASE = {"AUTHZ_FIREBASE_PROJECT_ID": "demo-relay"}
 
@@ -69,3 +75,51 @@ def test_addresses():
     assert parse_addr("X", "[::1]:9001") == ("::1", 9001)
     with pytest.raises(ConfigError):
         parse_addr("X", "127.0.0.1:99999")
+
+
+@pytest.mark.parametrize("name", ["VAULT_ADDR", "AUTHZ_FIREBASE_CERTS_URL"])
+def test_key_and_secret_urls_need_https_off_loopback(name):
+    with pytest.raises(ConfigError, match=f"{name}: 'http://vault.example.test:8200' uses plain"):
+        Settings.from_env({**BASE, name: "http://vault.example.test:8200"})
+    for url in ("https://vault.example.test:8200", "http://127.0.0.1:8200",
+                "http://localhost:8200", "http://[::1]:8200"):
+        Settings.from_env({**BASE, name: url})
+
+
+def test_ipv6_addresses_are_bracketed_both_ways():
+    assert parse_addr("X", "[::1]:9001") == ("::1", 9001)
+    assert format_addr(("::1", 9001)) == "[::1]:9001"
+    assert format_addr(("127.0.0.1", 9001)) == "127.0.0.1:9001"
+    assert Settings.from_env({**BASE, "AUTHZ_GRPC_ADDR": "[::1]:9001"}).grpc_addr == ("::1", 9001)
+    with pytest.raises(ConfigError, match=r"\[::1\]:PORT"):
+        parse_addr("AUTHZ_GRPC_ADDR", "::1:9001")  # ambiguous without brackets
+
+
+def test_operator_commands_need_no_way_in_but_serving_does():
+    with pytest.raises(ConfigError, match="--demo"):
+        Settings.from_env({})
+    operator = Settings.from_env({"VAULT_ADDR": "http://127.0.0.1:8200"}, serving=False)
+    assert operator.vault_addr_given
+    assert operator.warnings() == [
+        "VAULT_ADDR is set (http://127.0.0.1:8200) but VAULT_TOKEN is not: Vault will refuse "
+        "every read (set VAULT_TOKEN, or AUTHZ_VAULT_AUTH)"]
+    assert Settings.from_env({**BASE, "VAULT_TOKEN": "t"}).warnings() == []
+
+
+def test_vault_layer_gets_values_not_settings():
+    login = Settings.from_env({**BASE, "VAULT_ADDR": "https://vault.example.test",
+                               "VAULT_TOKEN": "s.secret"}).vault_login
+    assert login.addr == "https://vault.example.test"
+    assert login.method == "token"
+    assert "s.secret" not in repr(login)
+
+
+def test_no_module_but_the_settings_environment_reads_it():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[3] / "authz"
+    readers = sorted(
+        str(path.relative_to(root)) for path in root.rglob("*.py")
+        if any(word in path.read_text() for word in ("os.environ", "getenv("))
+    )
+    assert readers == ["config/env.py"]

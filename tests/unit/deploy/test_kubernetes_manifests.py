@@ -158,3 +158,17 @@ def test_exec_probe_commands_are_listed():
     commands = probe_commands()
     assert set(commands) == {"authz"}
     assert set(commands["authz"]) == {"startupProbe", "readinessProbe", "livenessProbe"}
+
+
+def test_prestop_waits_on_envoys_active_requests_within_the_grace_period(docs):
+    """No fixed sleep: the hook polls Envoy's downstream_rq_active, bounded by a maximum
+    that leaves the kubelet time to send SIGTERM inside terminationGracePeriodSeconds."""
+    pod = deployment_of(docs)["spec"]["template"]["spec"]
+    envoy = pod_containers(deployment_of(docs))["envoy"]
+    script = envoy["lifecycle"]["preStop"]["exec"]["command"][-1]
+    assert "downstream_rq_active" in script
+    assert "drain_listeners?graceful" in script
+    assert "sleep 20" not in script
+    env = {item["name"]: item["value"] for item in envoy["env"]}
+    assert 0 < int(env["PRESTOP_MIN_WAIT_S"]) < int(env["PRESTOP_MAX_WAIT_S"])
+    assert int(env["PRESTOP_MAX_WAIT_S"]) + 5 <= pod["terminationGracePeriodSeconds"]

@@ -272,7 +272,7 @@ BASE = {"AUTHZ_FIREBASE_PROJECT_ID": "demo-relay"}
 def test_default_is_the_static_token():
     settings = Settings.from_env({**BASE, "VAULT_TOKEN": "s.abc"})
     assert settings.vault_auth == "token"
-    assert isinstance(token_provider(settings), StaticToken)
+    assert isinstance(token_provider(settings.vault_login), StaticToken)
 
 
 def test_approle_settings(tmp_path: Path):
@@ -281,7 +281,7 @@ def test_approle_settings(tmp_path: Path):
     settings = Settings.from_env({**BASE, "AUTHZ_VAULT_AUTH": "AppRole",
                                   "AUTHZ_VAULT_ROLE_ID": "rid",
                                   "AUTHZ_VAULT_SECRET_ID_FILE": str(secret)})
-    provider = token_provider(settings)
+    provider = token_provider(settings.vault_login)
     assert isinstance(provider, RenewingToken)
     assert provider.method == AppRoleLogin(role_id="rid", secret_id_file=str(secret))
     assert "rid" not in repr(settings)
@@ -294,7 +294,7 @@ def test_kubernetes_settings(tmp_path: Path):
                                   "AUTHZ_VAULT_K8S_ROLE": "relay",
                                   "AUTHZ_VAULT_K8S_TOKEN_FILE": str(token),
                                   "AUTHZ_VAULT_AUTH_MOUNT": "k8s/prod"})
-    provider = token_provider(settings)
+    provider = token_provider(settings.vault_login)
     assert isinstance(provider, RenewingToken)
     assert provider.method == KubernetesLogin("relay", str(token), mount="k8s/prod")
 

@@ -1,0 +1,45 @@
+"""What every operator command shares: the settings (loaded once, the same model `serve`
+and `up` use) and the Vault stores built from them."""
+
+from __future__ import annotations
+
+import sys
+
+from authz.errors import ConfigError
+from authz.settings import Settings
+from authz.tenants.client_key_store import VaultClientKeyStore, parse_pepper_source
+from authz.tenants.vault import VaultTenantStore
+
+
+class UsageError(Exception):
+    """A bad setting or flag: the command prints it and exits with status 2."""
+
+
+def operator_settings(prog: str) -> Settings:
+    """The settings an operator command runs with; ConfigError → UsageError naming `prog`."""
+    try:
+        return Settings.from_env(serving=False)
+    except ConfigError as exc:
+        raise UsageError(f"{prog}: {exc}") from None
+
+
+def require_vault(settings: Settings) -> None:
+    if not settings.vault_addr_given or not settings.vault_token:
+        raise UsageError("VAULT_ADDR and VAULT_TOKEN must be set (authz up prints them)")
+
+
+def tenant_store(settings: Settings) -> VaultTenantStore:
+    return VaultTenantStore(settings.vault_addr, settings.vault_token,
+                            mount=settings.vault_mount, path_template=settings.vault_path)
+
+
+def client_key_store(settings: Settings) -> VaultClientKeyStore:
+    return VaultClientKeyStore(
+        settings.vault_addr, settings.vault_token, mount=settings.vault_mount,
+        tenant_path=settings.vault_path, index_path=settings.client_key_index_path,
+        pepper=parse_pepper_source("AUTHZ_CLIENT_KEY_PEPPER", settings.client_key_pepper),
+    )
+
+
+def print_error(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)

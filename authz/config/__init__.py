@@ -1,0 +1,1 @@
+"""Configuration primitives: the environment and its parsers (the model is authz.settings)."""
