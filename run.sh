@@ -29,8 +29,12 @@ case "${1:-}" in
   test)
     shift
     venv test
-    .venv/bin/ruff check authz tests bench
+    .venv/bin/ruff check authz tests bench scripts
     .venv/bin/mypy
+    if [ $# -eq 0 ]; then
+      # Everything, the ten-minute stream test beside the rest (scripts/run_tests.py).
+      exec .venv/bin/python scripts/run_tests.py
+    fi
     exec .venv/bin/python -m pytest "$@"
     ;;
   *)

@@ -1,0 +1,61 @@
+"""The full test run behind `./run.sh test` (no arguments): every suite, with the
+ten-minute stream test, which spends its time waiting, in a second pytest process
+beside the rest, so it adds nothing to the wall time.
+
+The last line is the sum of both runs: `total: N passed, N failed, N skipped`.
+Exits non-zero if either run failed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LONG = "tests/integration/test_long_stream.py"
+
+
+def _counts(report: Path) -> tuple[int, int, int]:
+    """(passed, failed, skipped) from a JUnit XML report; a missing report is one failure."""
+    if not report.is_file():
+        return 0, 1, 0
+    root = ET.parse(report).getroot()  # noqa: S314 -- our own pytest wrote it, just now
+    suites = [root] if root.tag == "testsuite" else list(root)
+    tests = sum(int(s.get("tests", 0)) for s in suites)
+    failed = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+    skipped = sum(int(s.get("skipped", 0)) for s in suites)
+    return tests - failed - skipped, failed, skipped
+
+
+def main() -> int:
+    results = REPO / ".work" / "test-results"
+    results.mkdir(parents=True, exist_ok=True)
+    for old in results.glob("*"):
+        old.unlink()
+    pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+    long_log = (results / "long-stream.log").open("w")
+    long_run = subprocess.Popen(
+        [*pytest, LONG, "-q", f"--junitxml={results / 'long.xml'}"],
+        cwd=REPO, stdout=long_log, stderr=subprocess.STDOUT,
+    )
+    try:
+        main_rc = subprocess.call(
+            [*pytest, "--ignore", LONG, f"--junitxml={results / 'main.xml'}"], cwd=REPO)
+        long_rc = long_run.wait()
+    finally:
+        if long_run.poll() is None:
+            long_run.terminate()
+            long_run.wait(30)
+        long_log.close()
+    print(f"\n--- {LONG} (run beside the rest) ---")
+    print((results / "long-stream.log").read_text(), end="")
+    totals = [sum(c) for c in zip(_counts(results / "main.xml"), _counts(results / "long.xml"),
+                                  strict=True)]
+    print(f"total: {totals[0]} passed, {totals[1]} failed, {totals[2]} skipped")
+    return 0 if main_rc == 0 and long_rc == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
