@@ -21,9 +21,12 @@ from authz.credentials.identity import IdentityCache
 from authz.credentials.jose.certs import CertStore
 from authz.credentials.verifiers import build_token_verifiers
 from authz.edge import logs
+from authz.edge.access_log import AccessLogServicer, access_log_handler
 from authz.edge.admin_http import AdminServer
 from authz.edge.envoy_check import CheckRequest, ResponseEncoder, request_headers
 from authz.edge.metrics import Metrics, StatsCollector
+from authz.governance.limiter import GovernanceLimiter
+from authz.governance.redis_store import RedisStore
 from authz.pipeline.decision import Allow, Authorizer
 from authz.settings import Settings
 from authz.tenants.key_cache import KeyCache
@@ -69,6 +72,13 @@ class AuthzService:
             self.keys,
             identity_cache=self.identities,
         )
+        # Limits and the usage ledger: in this process, or shared through Redis.
+        self.limiter = GovernanceLimiter(
+            RedisStore(settings.redis_url, timeout_s=settings.redis_timeout_s)
+            if settings.redis_url else None,
+            events=self.metrics,
+        )
+        self.access_log = AccessLogServicer(self.limiter.settle_nowait)
         self.encoder = ResponseEncoder()
         self.vault_pinged = False
         self.in_flight = 0
@@ -158,7 +168,8 @@ async def serve(settings: Settings) -> None:
     logs.configure(settings.log_level)
     service = AuthzService(settings)
     server = grpc.aio.server(options=_GRPC_OPTIONS)
-    server.add_generic_rpc_handlers([_check_handler(service)])
+    server.add_generic_rpc_handlers([_check_handler(service),
+                                     access_log_handler(service.access_log)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     host, port = settings.grpc_addr
@@ -174,17 +185,25 @@ async def serve(settings: Settings) -> None:
         def invalidate_on_loop(client_id: str | None) -> None:
             loop.call_soon_threadsafe(service.invalidate, client_id)
 
+        def usage_on_loop(client_id: str, user: str | None) -> dict[str, object]:
+            # The ledger lives on the event loop (and may read Redis): ask it there.
+            future = asyncio.run_coroutine_threadsafe(
+                service.limiter.usage(client_id, user), loop)
+            return future.result(timeout=5)
+
         admin = AdminServer(
             *settings.metrics_addr,
             registry=service.metrics.registry,
             readiness=service.readiness,
             invalidate=invalidate_on_loop,
+            usage=usage_on_loop,
         )
         admin.start()
 
     # First cert fetch before the first health report; a failure is not fatal (checks
     # answer 500 until certs arrive, the refresher keeps trying, health says NOT_SERVING).
     await service.tokens.start()
+    await service.limiter.start()
     service.vault.start_token_renewal()
     readiness = asyncio.ensure_future(service.watch_readiness(health_servicer))
     log.info("authz serving", extra={
@@ -206,6 +225,7 @@ async def serve(settings: Settings) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
     await service.tokens.stop()
+    await service.limiter.close()
     service.vault.stop_token_renewal()
     if admin is not None:
         admin.stop()

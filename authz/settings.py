@@ -91,6 +91,10 @@ class Settings:
     metrics_tenant_cap: int = 50
     token_cache_size: int = 100_000
     log_level: str = "INFO"
+    # Governance counters shared by every replica (redis://host:port/db); None: in process.
+    redis_url: str | None = field(default=None, repr=False)
+    # How long one Redis call may take before this replica counts on its own.
+    redis_timeout_s: float = 0.25
     # The other token types (issue 6): read and checked by authz/token_settings.py.
     firebase_emulator_host: str | None = None
     firebase_emulator_mode: bool = False
@@ -166,6 +170,10 @@ class Settings:
                 "AUTHZ_METRICS_TENANT_CAP", get("AUTHZ_METRICS_TENANT_CAP") or "50"
             ),
             "log_level": (get("AUTHZ_LOG_LEVEL") or "INFO").upper(),
+            "redis_url": get("AUTHZ_REDIS_URL") or None,
+            "redis_timeout_s": parse_duration(
+                "AUTHZ_REDIS_TIMEOUT", get("AUTHZ_REDIS_TIMEOUT") or "250ms"
+            ),
             **token_values,
         }
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -215,5 +223,11 @@ class Settings:
             raise ConfigError("AUTHZ_DRAIN_TIMEOUT must be between 0 and 1h")
         if not 0 <= self.metrics_tenant_cap <= 10_000:
             raise ConfigError("AUTHZ_METRICS_TENANT_CAP must be between 0 and 10000")
+        if self.redis_url is not None and not re.match(
+                r"^rediss?://[^/?#\s]+(/\d{1,2})?/?$", self.redis_url):
+            raise ConfigError("AUTHZ_REDIS_URL must be redis://host:port/db "
+                              "(or rediss:// for TLS)")
+        if not 0 < self.redis_timeout_s <= 5:
+            raise ConfigError("AUTHZ_REDIS_TIMEOUT must be between 1ms and 5s")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("AUTHZ_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
