@@ -168,10 +168,13 @@ class RedisStore:
     def __init__(self, url: str, *, timeout_s: float = 0.25) -> None:
         # Short timeouts: a slow Redis must not hold checks (Envoy waits 2 s at most);
         # the limiter counts locally instead and a probe brings Redis back.
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        # A blocking pool: a burst of checks waits (up to the timeout) for a connection
+        # instead of failing with "too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            health_check_interval=0, max_connections=64,
+            health_check_interval=0, max_connections=128, timeout=timeout_s,
         )
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._admit = self.client.register_script(_ADMIT)
         self._settle = self.client.register_script(_SETTLE)
 
@@ -226,4 +229,4 @@ class RedisStore:
         return bool(await self.client.ping())
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
