@@ -14,6 +14,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
+from tests.support.authz_cli import authz, authz_json
 from tests.support.relay import RelayStack
 
 pytestmark = pytest.mark.integration
@@ -63,6 +64,16 @@ def test_allowed_request_counted_within_one_second(
                       http_client=http, max_retries=0).models.list()
         wait_for_requests(stack, "globex", 1, within_s=1.0)
     assert usage(stack, "acme")["requests"] == 1
+    admin = f"127.0.0.1:{stack.metrics_port}"
+    shown = authz_json("usage", "show", "acme", "--admin", admin)
+    assert shown == usage(stack, "acme")
+    assert authz_json("usage", "show", "acme", "--user", "nobody", "--admin", admin)[
+        "users"] == {}
+    table = authz("usage", "show", "globex", env={"AUTHZ_METRICS_ADDR": admin})
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("globex  ")
+    assert "tenant" in table.stdout
+    assert authz("usage", "show", "../etc").returncode == 2
     with urllib.request.urlopen(stack.metrics_url, timeout=5) as response:
         metrics = response.read().decode()
     assert "authz_metered_requests_total 2.0" in metrics
@@ -74,3 +85,11 @@ def test_usage_endpoint_refuses_bad_queries(relay: RelayStack) -> None:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url, timeout=5)
         assert refused.value.code == 400
+
+
+def test_usage_show_says_when_the_service_is_unreachable() -> None:
+    from tests.support.processes import free_port
+
+    result = authz("usage", "show", "acme", "--admin", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 3
+    assert "cannot read usage" in result.stderr
