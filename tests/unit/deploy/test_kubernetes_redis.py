@@ -59,7 +59,8 @@ def test_redis_is_locked_down_and_keeps_nothing_on_disk(docs):
     assert args[args.index("--save") + 1] == ""
     assert args[args.index("--appendonly") + 1] == "no"
     security = container["securityContext"]
-    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+    assert security["runAsNonRoot"]
+    assert security["readOnlyRootFilesystem"]
     assert security["capabilities"]["drop"] == ["ALL"]
     assert container["resources"]["limits"]["memory"]
 
