@@ -22,7 +22,7 @@ from authz.credentials.jose.certs import CertStore
 from authz.credentials.verifiers import build_token_verifiers
 from authz.edge import logs
 from authz.edge.admin_http import AdminServer
-from authz.edge.envoy_check import CheckRequest, ResponseEncoder, request_headers
+from authz.edge.envoy_check import CheckRequest, ResponseEncoder, check_input
 from authz.edge.metrics import Metrics, StatsCollector
 from authz.pipeline.decision import Allow, Authorizer
 from authz.settings import Settings
@@ -68,6 +68,9 @@ class AuthzService:
             self.tokens,
             self.keys,
             identity_cache=self.identities,
+            default_policy=settings.default_policy,
+            # The gov-meter engineer wires the real Limiter here (local or Redis).
+            limiter=None,
         )
         self.encoder = ResponseEncoder()
         self.vault_pinged = False
@@ -80,7 +83,7 @@ class AuthzService:
         started = time.perf_counter()
         self.in_flight += 1
         try:
-            decision = await self.authorizer.check(request_headers(request))
+            decision = await self.authorizer.check(check_input(request))
         finally:
             self.in_flight -= 1
         if isinstance(decision, Allow):

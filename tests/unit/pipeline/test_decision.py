@@ -5,7 +5,14 @@ import pytest
 
 from authz.credentials.identity import Identity, IdentityCache
 from authz.errors import AuthenticationFailed, CertsUnavailable
-from authz.pipeline.decision import Allow, Authorizer, Deny, bearer_token, headers_to_remove
+from authz.pipeline.decision import (
+    Allow,
+    Authorizer,
+    CheckInput,
+    Deny,
+    bearer_token,
+    headers_to_remove,
+)
 from authz.tenants.client_id import client_id_from_claims
 from authz.tenants.key_cache import KeyCache
 from authz.tenants.vault import TenantKey
@@ -64,7 +71,7 @@ def authorizer(verifier: FakeVerifier | None = None) -> tuple[Authorizer, FakeVe
 
 
 def check(headers: dict[str, str], auth: Authorizer | None = None):
-    return asyncio.run((auth or authorizer()[0]).check(headers))
+    return asyncio.run((auth or authorizer()[0]).check(CheckInput.of_headers(headers)))
 
 
 def test_allowed_request_gets_its_tenants_key_and_options():
