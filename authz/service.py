@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 _GRPC_OPTIONS = [
     ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", 1 << 20),
+    # A CheckRequest carries the request body (envoy.yaml: max_request_bytes 16 MiB)
+    # plus a few headers; 1 MiB more than the body is ample for the rest.
+    ("grpc.max_receive_message_length", 17 << 20),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

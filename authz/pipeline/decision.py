@@ -165,7 +165,7 @@ class Authorizer:
             elif request.body:
                 path = openai_path(request.path)  # only needed to look at the body
             if policy.governs_models:
-                check_model(policy, body, multipart=_is_multipart(headers))
+                check_model(policy, body, multipart=_is_upload(headers))
             user = user_of(identity.subject)
             if policy.limits.any and self._limiter is not None:
                 if path is None:
@@ -198,5 +198,8 @@ class Authorizer:
         )
 
 
-def _is_multipart(headers: Mapping[str, str]) -> bool:
-    return headers.get("content-type", "").lstrip().lower().startswith("multipart/")
+def _is_upload(headers: Mapping[str, str]) -> bool:
+    """An upload whose body Envoy streams instead of sending it to us (envoy.yaml routes
+    openai_multipart and openai_octet_stream): governed by the endpoint rules alone."""
+    content_type = headers.get("content-type", "").lstrip().lower()
+    return content_type.startswith(("multipart/", "application/octet-stream"))

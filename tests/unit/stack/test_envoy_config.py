@@ -346,6 +346,7 @@ def test_routes_and_hardening_present() -> None:
     for needle in ("with_request_body:", "max_request_bytes: 16777216",
                    "allow_partial_message: true", "pack_as_bytes: true",
                    "string_match: { prefix: multipart/, ignore_case: true }",
+                   "string_match: { prefix: application/octet-stream, ignore_case: true }",
                    "check_settings: { disable_request_body_buffering: true }"):
         assert needle in text, needle
     assert text.index("name: openai_multipart") < text.index("name: openai\n")
