@@ -23,7 +23,7 @@ from authz.credentials.verifiers import build_token_verifiers
 from authz.edge import logs
 from authz.edge.access_log import AccessLogServicer, access_log_handler
 from authz.edge.admin_http import AdminServer
-from authz.edge.envoy_check import CheckRequest, ResponseEncoder, request_headers
+from authz.edge.envoy_check import CheckRequest, ResponseEncoder, check_input
 from authz.edge.metrics import Metrics, StatsCollector
 from authz.governance.limiter import GovernanceLimiter
 from authz.governance.redis_store import RedisStore
@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 _GRPC_OPTIONS = [
     ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", 1 << 20),
+    # A CheckRequest carries the request body (envoy.yaml: max_request_bytes 16 MiB)
+    # plus a few headers; 1 MiB more than the body is ample for the rest.
+    ("grpc.max_receive_message_length", 17 << 20),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -67,16 +69,18 @@ class AuthzService:
         self.identities = IdentityCache(settings.token_cache_size)
         # Every enabled token type behind one dispatcher (Firebase, OIDC, client keys...).
         self.tokens = build_token_verifiers(settings, self.certs, vault_tokens)
-        self.authorizer = Authorizer(
-            self.tokens,
-            self.keys,
-            identity_cache=self.identities,
-        )
         # Limits and the usage ledger: in this process, or shared through Redis.
         self.limiter = GovernanceLimiter(
             RedisStore(settings.redis_url, timeout_s=settings.redis_timeout_s)
             if settings.redis_url else None,
             events=self.metrics,
+        )
+        self.authorizer = Authorizer(
+            self.tokens,
+            self.keys,
+            identity_cache=self.identities,
+            default_policy=settings.default_policy,
+            limiter=self.limiter,
         )
         self.access_log = AccessLogServicer(self.limiter.settle_nowait)
         self.encoder = ResponseEncoder()
@@ -90,7 +94,7 @@ class AuthzService:
         started = time.perf_counter()
         self.in_flight += 1
         try:
-            decision = await self.authorizer.check(request_headers(request))
+            decision = await self.authorizer.check(check_input(request))
         finally:
             self.in_flight -= 1
         if isinstance(decision, Allow):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from authz import token_settings
 from authz.credentials.oidc import OidcIssuer
 from authz.errors import ConfigError
+from authz.governance.policy import ALLOW_ALL, Policy, PolicyError, parse_policy
 from authz.tenants import vault_login as vault_auth
 from authz.tenants.vault_login import DEFAULT_K8S_TOKEN_FILE
 
@@ -51,6 +52,16 @@ def parse_addr(name: str, raw: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"{name}: {raw!r} is not HOST:PORT")
     return host, int(port_text)
+
+
+def parse_default_policy(raw: str) -> Policy:
+    """AUTHZ_DEFAULT_POLICY: a policy as JSON; empty means {"endpoints": "all"}."""
+    if not raw:
+        return ALLOW_ALL
+    try:
+        return parse_policy(raw)
+    except PolicyError as exc:
+        raise ConfigError(f"AUTHZ_DEFAULT_POLICY: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,8 @@ class Settings:
     client_key_cache_ttl_s: float = 30.0
     client_key_index_path: str = "openai/client-keys"
     client_key_pepper: str = "vault:openai/relay/client-key-pepper"
+    # Governance: the policy of a tenant whose Vault record has none (AUTHZ_DEFAULT_POLICY).
+    default_policy: Policy = ALLOW_ALL
 
     @property
     def client_keys_enabled(self) -> bool:
@@ -174,6 +187,7 @@ class Settings:
             "redis_timeout_s": parse_duration(
                 "AUTHZ_REDIS_TIMEOUT", get("AUTHZ_REDIS_TIMEOUT") or "250ms"
             ),
+            "default_policy": parse_default_policy(get("AUTHZ_DEFAULT_POLICY")),
             **token_values,
         }
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})

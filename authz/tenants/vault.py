@@ -17,7 +17,8 @@ import hvac
 import hvac.exceptions
 import requests
 
-from authz.errors import VaultUnavailable
+from authz.errors import InternalError, VaultUnavailable
+from authz.governance.policy import Policy, PolicyError, parse_policy, policy_to_json
 from authz.tenants.client_id import validate_client_id
 from authz.tenants.vault_login import StaticToken, TokenProvider
 
@@ -29,6 +30,22 @@ class TenantKey:
     api_key: str = field(repr=False)
     organization: str | None = None
     project: str | None = None
+    #: The tenant's own governance policy (the record's `policy`); None: the default.
+    policy: Policy | None = None
+
+
+def read_policy(data: dict[str, Any]) -> Policy | None:
+    """The record's `policy` (a JSON object or a string holding one). An invalid one
+    fails closed: InternalError "tenant policy invalid" (the log names the field; the
+    policy holds no secret, the rest of the record is never quoted)."""
+    raw = data.get("policy")
+    if raw is None or raw == "":
+        return None
+    try:
+        return parse_policy(raw)
+    except PolicyError as exc:
+        raise InternalError(f"tenant policy invalid: {exc}",
+                            detail="tenant policy invalid") from None
 
 
 def mask(secret: str) -> str:
@@ -163,15 +180,18 @@ class VaultTenantStore:
             organization=organization.strip() if isinstance(organization, str) and
             organization.strip() else None,
             project=project.strip() if isinstance(project, str) and project.strip() else None,
+            policy=read_policy(data),
         )
 
     def write(self, client_id: str, key: TenantKey) -> int:
         """Create or replace the tenant's secret; returns the new version."""
-        secret = {"api_key": key.api_key}
+        secret: dict[str, Any] = {"api_key": key.api_key}
         if key.organization:
             secret["organization"] = key.organization
         if key.project:
             secret["project"] = key.project
+        if key.policy is not None:
+            secret["policy"] = policy_to_json(key.policy)
         return self._kv.write(self.path_for(client_id), secret) or 0
 
     def delete(self, client_id: str) -> bool:

@@ -69,3 +69,17 @@ def test_addresses():
     assert parse_addr("X", "[::1]:9001") == ("::1", 9001)
     with pytest.raises(ConfigError):
         parse_addr("X", "127.0.0.1:99999")
+
+
+def test_default_policy_is_validated_at_start_naming_the_variable():
+    from authz.errors import ConfigError
+    from authz.governance.policy import Policy, parse_policy
+    from authz.settings import parse_default_policy
+
+    assert parse_default_policy("") == Policy()
+    assert parse_default_policy('{"endpoints": "inference"}') == parse_policy(
+        {"endpoints": "inference"})
+    with pytest.raises(ConfigError) as error:
+        parse_default_policy('{"endpoints": "inference", "limit": {}}')
+    assert "AUTHZ_DEFAULT_POLICY" in str(error.value)
+    assert "'limit'" in str(error.value)
