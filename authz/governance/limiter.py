@@ -85,8 +85,19 @@ class _NoEvents:
         pass
 
 
+_day_cache: tuple[float, float, str] = (0.0, 0.0, "")
+
+
 def utc_day(now_s: float) -> str:
-    return dt.datetime.fromtimestamp(now_s, dt.UTC).strftime("%Y-%m-%d")
+    """'YYYY-MM-DD' of now_s in UTC (cached for the day: it is asked on every request)."""
+    global _day_cache
+    start, end, day = _day_cache
+    if start <= now_s < end:
+        return day
+    start = now_s - now_s % 86400
+    day = dt.datetime.fromtimestamp(start, dt.UTC).strftime("%Y-%m-%d")
+    _day_cache = (start, start + 86400, day)
+    return day
 
 
 def seconds_to_utc_midnight(now_s: float) -> int:
