@@ -49,12 +49,20 @@ def test_allowed_request_counted_within_one_second(
     with httpx.Client(timeout=30) as http:
         client = openai.OpenAI(base_url=stack.api_base, api_key=token_for("acme", "meter-1"),
                                http_client=http, max_retries=0)
-        client.chat.completions.create(model="gpt-4o-mini",
-                                       messages=[{"role": "user", "content": "hi"}])
+        completion = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         ended = time.monotonic()
         report = wait_for_requests(stack, "acme", 1, within_s=1.0)
         assert time.monotonic() - ended < 1.0
-        assert report["requests"] == 1
+        # Exactly the upstream's usage, per tenant and per user (the token's subject).
+        reported = completion.usage
+        assert reported is not None
+        numbers = {"requests": 1, "input_tokens": reported.prompt_tokens,
+                   "output_tokens": reported.completion_tokens,
+                   "total_tokens": reported.total_tokens}
+        assert {k: v for k, v in report.items() if k != "users"} == {
+            "client_id": "acme", "day": report["day"], **numbers}
+        assert list(report["users"].values()) == [numbers]
         # A denied request is not forwarded and not metered.
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=stack.api_base, api_key="not-a-token", http_client=http,
