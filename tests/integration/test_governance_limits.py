@@ -118,34 +118,45 @@ def test_concurrency_held_by_an_open_stream_and_released_when_the_client_leaves(
 def test_budget_exhausted_after_metered_usage(make_relay, vault, upstream: FakeOpenAI,
                                               token_for, http, streamed: bool) -> None:
     client_id = f"gov-budget-{'sse' if streamed else 'json'}"
-    # The stand-in reports 9 input + 5 output tokens per chat completion: 14 each.
-    governed_tenant(vault, client_id, {"user_tokens_per_day": 40})
+    budget = 60
+    governed_tenant(vault, client_id, {"user_tokens_per_day": budget})
     stack = make_relay()
     dave = sdk(stack, http, token_for(client_id, "dave"))
 
-    def chat() -> None:
+    def chat() -> int:
+        """One request; the total tokens the upstream reported for it."""
         if streamed:
-            for _ in dave.chat.completions.create(**CHAT, stream=True):
-                pass
-        else:
-            dave.chat.completions.create(**CHAT)
+            # The client does not ask for usage: the relay meters the stream anyway.
+            chunks = list(dave.chat.completions.create(**CHAT, stream=True))
+            assert all(chunk.usage is None for chunk in chunks)
+            return -1
+        completion = dave.chat.completions.create(**CHAT)
+        assert completion.usage is not None
+        return completion.usage.total_tokens
 
-    for spent in (14, 28, 42):  # admitted while spent < 40
-        chat()
-        report = wait_usage(stack, client_id, lambda r, s=spent: r["total_tokens"] >= s,
+    spent, requests = 0, 0
+    while spent < budget:  # admitted while the day's metered tokens are under the budget
+        reported = chat()
+        requests += 1
+        # Within 1 s of the response's end, the usage counts.
+        report = wait_usage(stack, client_id, lambda r, n=requests: r["requests"] >= n,
                             within_s=1.0)
-        assert report["users"]["dave"]["total_tokens"] == spent
-        assert (report["input_tokens"], report["output_tokens"]) == (
-            9 * spent // 14, 5 * spent // 14)
+        if reported >= 0:
+            assert report["total_tokens"] == spent + reported
+        assert report["total_tokens"] > spent  # a streamed response is metered too
+        spent = report["total_tokens"]
+        assert requests < 20
     forwarded = upstream.request_count
-    with pytest.raises(openai.RateLimitError) as error:
-        chat()
-    assert error.value.response.json() == {"error": "Token budget exhausted",
-                                           "details": "user_tokens_per_day"}
-    retry = int(error.value.response.headers["retry-after"])
-    assert 1 <= retry <= 86400
-    assert abs(retry - (86400 - time.time() % 86400)) < 5  # the next UTC midnight
-    assert upstream.request_count == forwarded
+    for _ in range(3):
+        with pytest.raises(openai.RateLimitError) as error:
+            chat()
+        assert error.value.response.json() == {"error": "Token budget exhausted",
+                                               "details": "user_tokens_per_day"}
+        retry = int(error.value.response.headers["retry-after"])
+        assert abs(retry - (86400 - time.time() % 86400)) < 5  # the next UTC midnight
+    assert upstream.request_count == forwarded  # 0 requests past the budget
+    # The other users of the tenant have budgets of their own.
+    sdk(stack, http, token_for(client_id, "frank")).chat.completions.create(**CHAT)
 
 
 def test_two_relays_share_limits_and_usage_through_redis(
@@ -169,3 +180,48 @@ def test_two_relays_share_limits_and_usage_through_redis(
     for stack in relays:
         assert wait_usage(stack, "gov-shared", lambda r: r["requests"] == 4)["users"][
             "erin"]["requests"] == 4
+
+
+def metric(stack: RelayStack, name: str) -> float:
+    with urllib.request.urlopen(stack.metrics_url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not exposed")
+
+
+@pytest.mark.parametrize("outage", ["killed", "hung"])
+def test_requests_keep_flowing_while_redis_is_away(
+        make_relay, vault, token_for, http, redis_server: RedisServer, outage: str) -> None:
+    client_id = f"gov-redis-{outage}"
+    governed_tenant(vault, client_id, {"user_requests_per_minute": 1000,
+                                       "user_concurrent_requests": 50})
+    stack = make_relay({"AUTHZ_REDIS_URL": redis_server.url})
+    client = sdk(stack, http, token_for(client_id, "gina"))
+    client.chat.completions.create(**CHAT)
+    assert metric(stack, "authz_redis_up") == 1
+    if outage == "killed":
+        redis_server.kill()
+    else:
+        redis_server.pause()  # accepts connections, answers nothing
+    for _ in range(5):  # never a 500: each replica counts on its own
+        started = time.monotonic()
+        client.chat.completions.create(**CHAT)
+        assert time.monotonic() - started < 1.5
+    assert metric(stack, "authz_redis_up") == 0
+    assert metric(stack, "authz_redis_fallback_total") >= 1
+    if outage == "killed":
+        redis_server.start()
+    else:
+        redis_server.resume()
+    deadline = time.monotonic() + 5
+    while metric(stack, "authz_redis_up") != 1:
+        assert time.monotonic() < deadline, "redis not used again"
+        time.sleep(0.1)
+    before = usage(stack, client_id)["requests"]
+    client.chat.completions.create(**CHAT)
+    wait_usage(stack, client_id, lambda r: r["requests"] > before)  # counted in Redis again
+    assert stack.authz is not None
+    log = stack.authz.log_text()
+    assert log.count("redis unreachable") == 1  # one line for the outage
+    assert log.count("redis is back") == 1
