@@ -1,10 +1,12 @@
 """Counters in Redis, shared by every replica (`AUTHZ_REDIS_URL`).
 
-One admitted governed request costs one round trip: a Lua script (EVALSHA) checks every
-limit of the request and, only when all pass, counts it, atomically, so two replicas
-can never both take the last slot. Settlements are another script, pipelined in
-batches (one round trip per batch). Keys of one tenant share a hash tag `{client_id}`
-(a cluster keeps them on one shard); usage keys carry the UTC day and expire.
+One admitted governed request costs one round trip at most: a Lua script (EVALSHA)
+checks every limit of the request and, only when all pass, counts it, atomically, so two
+replicas can never both take the last slot. Admits arriving in the same event-loop turn
+share one pipelined round trip (each is still its own script run). Settlements are
+another script, pipelined in batches (one round trip per batch). Keys of one tenant
+share a hash tag `{client_id}` (a cluster keeps them on one shard); usage keys carry the
+UTC day and expire.
 
     gov:{c}:inflight          zset  lease|reserved|user -> lease expiry (ms)
     gov:{c}:held              hash  n:<user> open requests, r:<user> / r reserved tokens
@@ -16,10 +18,13 @@ batches (one round trip per batch). Keys of one tenant share a hash tag `{client
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from authz.governance.counters import (
     AdmitRequest,
@@ -175,40 +180,100 @@ class RedisStore:
             health_check_interval=0, max_connections=128, timeout=timeout_s,
         )
         self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
-        self._admit = self.client.register_script(_ADMIT)
-        self._settle = self.client.register_script(_SETTLE)
+        self.timeout_s = timeout_s
+        self._shas = {script: hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+                      for script in (_ADMIT, _SETTLE)}
+        self._admits: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def admit(self, r: AdmitRequest) -> Refusal | None:
-        inflight, held = _keys(r.client_id)
-        usage, users = _usage_keys(r.client_id, r.day)
-        tag = "{" + r.client_id + "}"
-        limits = r.limits
-        result = await self._admit(
-            keys=[inflight, held, f"gov:{tag}:rpm:u:{r.user}", f"gov:{tag}:rpm", usage, users],
-            args=[r.now_ms, r.user, r.lease, r.reserve, r.lease_expiry_ms,
-                  _limit(limits.user_requests_per_minute),
-                  _limit(limits.tenant_requests_per_minute),
-                  _limit(limits.user_concurrent_requests),
-                  _limit(limits.user_tokens_per_day), _limit(limits.tenant_tokens_per_day)],
-        )
+        """Queued: every admit arriving in the same event-loop turn shares one pipelined
+        round trip (each still its own atomic script run)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._admits.append((self._admit_command(r), future))
+        if len(self._admits) == 1:
+            asyncio.get_running_loop().call_soon(self._send_admits)
+        result = await future
         if not result:
             return None
         return Refusal(_text(result[0]), int(result[1]))
 
+    def _admit_command(self, r: AdmitRequest) -> tuple[Any, ...]:
+        inflight, held = _keys(r.client_id)
+        usage, users = _usage_keys(r.client_id, r.day)
+        tag = "{" + r.client_id + "}"
+        limits = r.limits
+        return (6, inflight, held, f"gov:{tag}:rpm:u:{r.user}", f"gov:{tag}:rpm", usage, users,
+                r.now_ms, r.user, r.lease, r.reserve, r.lease_expiry_ms,
+                _limit(limits.user_requests_per_minute),
+                _limit(limits.tenant_requests_per_minute),
+                _limit(limits.user_concurrent_requests),
+                _limit(limits.user_tokens_per_day), _limit(limits.tenant_tokens_per_day))
+
+    def _send_admits(self) -> None:
+        batch, self._admits = self._admits, []
+        task = asyncio.ensure_future(self._run_admits(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_admits(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
+                          ) -> None:
+        try:
+            results = await asyncio.wait_for(
+                self._evalsha(_ADMIT, [command for command, _ in batch]), self.timeout_s)
+        except asyncio.CancelledError:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(ConnectionError("redis call cancelled"))
+            raise
+        except Exception as exc:  # every waiting admit gets it (and falls back)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _evalsha(self, script: str, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """EVALSHA each command in one pipeline; on NOSCRIPT (a restarted Redis) load the
+        script and run the batch again (the scripts refused did nothing)."""
+        sha = self._shas[script]
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command("EVALSHA", sha, *command)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
+                await self.client.script_load(script)
+                if all(isinstance(r, NoScriptError) for r in results):
+                    continue
+                # Some ran (the script was loaded meanwhile): rerun only the others.
+                again = [c for c, r in zip(commands, results, strict=True)
+                         if isinstance(r, NoScriptError)]
+                rerun = iter(await self._evalsha(script, again))
+                return [next(rerun) if isinstance(r, NoScriptError) else r for r in results]
+            return results
+        raise ConnectionError("redis refused the script twice")  # pragma: no cover
+
     async def settle_many(self, settlements: Sequence[Settlement], now_ms: int = 0) -> None:
         if not settlements:
             return
-        pipe = self.client.pipeline(transaction=False)
+        commands = []
         for s in settlements:
             inflight, held = _keys(s.client_id)
             usage, users = _usage_keys(s.client_id, s.day)
             member = lease_member(s.lease, s.reserved, s.user) if s.lease else ""
-            await self._settle(
-                keys=[inflight, held, usage, users],
-                args=[now_ms, member, s.user, s.input_tokens, s.output_tokens, USAGE_TTL_S],
-                client=pipe,
-            )
-        await pipe.execute()
+            commands.append((4, inflight, held, usage, users, now_ms, member, s.user,
+                             s.input_tokens, s.output_tokens, USAGE_TTL_S))
+        results = await asyncio.wait_for(self._evalsha(_SETTLE, commands), self.timeout_s * 4)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise errors[0]
 
     async def usage(self, client_id: str, day: str) -> TenantUsage:
         usage_key, users_key = _usage_keys(client_id, day)
