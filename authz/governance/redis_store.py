@@ -2,11 +2,10 @@
 
 One admitted governed request costs one round trip at most: a Lua script (EVALSHA)
 checks every limit of the request and, only when all pass, counts it, atomically, so two
-replicas can never both take the last slot. Admits arriving in the same event-loop turn
-share one pipelined round trip (each is still its own script run). Settlements are
-another script, pipelined in batches (one round trip per batch). Keys of one tenant
-share a hash tag `{client_id}` (a cluster keeps them on one shard); usage keys carry the
-UTC day and expire.
+replicas can never both take the last slot (sent on a pipelining connection of its own,
+resp.py). Settlements are another script, pipelined in batches (one round trip per
+batch). Keys of one tenant share a hash tag `{client_id}` (a cluster keeps them on one
+shard); usage keys carry the UTC day and expire.
 
     gov:{c}:inflight          zset  lease|reserved|user -> lease expiry (ms)
     gov:{c}:held              hash  n:<user> open requests, r:<user> / r reserved tokens
@@ -34,6 +33,7 @@ from authz.governance.counters import (
     UserUsage,
     lease_member,
 )
+from authz.governance.resp import RespConnection, RespError
 
 #: Usage of a day is kept this long (today's and yesterday's are readable).
 USAGE_TTL_S = 2 * 24 * 3600
@@ -183,17 +183,21 @@ class RedisStore:
         self.timeout_s = timeout_s
         self._shas = {script: hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
                       for script in (_ADMIT, _SETTLE)}
-        self._admits: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        # The check path's own connection (see resp.py for why not redis-py there).
+        self.fast = RespConnection(url, timeout_s=timeout_s)
 
     async def admit(self, r: AdmitRequest) -> Refusal | None:
-        """Queued: every admit arriving in the same event-loop turn shares one pipelined
-        round trip (each still its own atomic script run)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._admits.append((self._admit_command(r), future))
-        if len(self._admits) == 1:
-            asyncio.get_running_loop().call_soon(self._send_admits)
-        result = await future
+        """One EVALSHA on the check path's own pipelining connection (resp.py)."""
+        command = self._admit_command(r)
+        try:
+            result = await self.fast.call("EVALSHA", self._shas[_ADMIT], *command)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # A restarted (empty) Redis: load the script once, run again (the refused
+            # call did nothing).
+            await self.fast.call("SCRIPT", "LOAD", _ADMIT)
+            result = await self.fast.call("EVALSHA", self._shas[_ADMIT], *command)
         if not result:
             return None
         return Refusal(_text(result[0]), int(result[1]))
@@ -209,35 +213,6 @@ class RedisStore:
                 _limit(limits.tenant_requests_per_minute),
                 _limit(limits.user_concurrent_requests),
                 _limit(limits.user_tokens_per_day), _limit(limits.tenant_tokens_per_day))
-
-    def _send_admits(self) -> None:
-        batch, self._admits = self._admits, []
-        task = asyncio.ensure_future(self._run_admits(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run_admits(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
-                          ) -> None:
-        try:
-            results = await asyncio.wait_for(
-                self._evalsha(_ADMIT, [command for command, _ in batch]), self.timeout_s)
-        except asyncio.CancelledError:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(ConnectionError("redis call cancelled"))
-            raise
-        except Exception as exc:  # every waiting admit gets it (and falls back)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
 
     async def _evalsha(self, script: str, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """EVALSHA each command in one pipeline; on NOSCRIPT (a restarted Redis) load the
@@ -294,4 +269,5 @@ class RedisStore:
         return bool(await self.client.ping())
 
     async def close(self) -> None:
+        self.fast.close()
         await self.client.aclose(close_connection_pool=True)
