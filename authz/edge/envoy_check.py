@@ -45,10 +45,13 @@ def check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     (`raw_body` with pack_as_bytes, else the UTF-8 `body`; None when it sent none)."""
     http = request.attributes.request.http
     headers = http.headers
-    body: bytes | None = http.raw_body or (http.body.encode("utf-8") if http.body else None)
-    return CheckInput(
-        method=http.method, path=http.path, headers=headers, body=body,
-        body_partial=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true")
+    body: bytes | None = http.raw_body
+    if not body:
+        text = http.body
+        body = text.encode("utf-8") if text else None
+    # Envoy sets the flag only on a body it cut; no body, nothing to look up.
+    partial = body is not None and headers.get(PARTIAL_BODY_HEADER, "").lower() == "true"
+    return CheckInput(http.method, http.path, headers, body, partial)
 
 
 def _allow_bytes(decision: Allow) -> bytes:
