@@ -33,6 +33,8 @@ _RPC_PERMISSION_DENIED = 7
 _RPC_UNAUTHENTICATED = 16
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _MAX_CACHED = 10_000
+#: envoy.yaml's ext_authz with_request_body.max_request_bytes.
+MAX_CHECK_BODY_BYTES = 16 * 1024 * 1024
 
 
 def request_headers(request: external_auth_pb2.CheckRequest) -> Mapping[str, str]:
@@ -49,8 +51,12 @@ def check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     if not body:
         text = http.body
         body = text.encode("utf-8") if text else None
-    # Envoy sets the flag only on a body it cut; no body, nothing to look up.
-    partial = body is not None and headers.get(PARTIAL_BODY_HEADER, "").lower() == "true"
+    # Envoy flags a body it cut at max_request_bytes. A client can send the same header
+    # itself (it is only stripped later, on the way upstream), so the flag counts only
+    # on a body that really is that long: a short body claiming to be cut must not skip
+    # the usage injection (metering) it would otherwise get.
+    partial = (body is not None and len(body) >= MAX_CHECK_BODY_BYTES
+               and headers.get(PARTIAL_BODY_HEADER, "").lower() == "true")
     return CheckInput(http.method, http.path, headers, body, partial)
 
 

@@ -232,3 +232,14 @@ def test_a_client_keys_own_policy_narrows_its_tenants(relay, upstream, vault, te
     assert reply.choices
     [received] = upstream.requests
     assert received.header("authorization") == "Bearer sk-acme-0123456789abcdefghij"
+
+
+def test_a_client_cannot_claim_its_body_was_cut(relay, upstream, token_for, governed_tenants):
+    # Under a models policy a "cut" body would be refused; a short one claiming to be
+    # cut is read as what it is (an allowed model passes, as for anyone).
+    response = call(relay, token_for("gov-models"), "POST", "/api/openai/v1/chat/completions",
+                    b'{"model": "gpt-4o-mini", "messages": []}',
+                    {"x-envoy-auth-partial-body": "true"})
+    assert response.status_code == 200, response.text
+    [received] = upstream.requests
+    assert received.header("x-envoy-auth-partial-body") is None
