@@ -33,6 +33,8 @@ _RPC_PERMISSION_DENIED = 7
 _RPC_UNAUTHENTICATED = 16
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _MAX_CACHED = 10_000
+#: envoy.yaml's ext_authz with_request_body.max_request_bytes.
+MAX_CHECK_BODY_BYTES = 16 * 1024 * 1024
 
 
 def request_headers(request: external_auth_pb2.CheckRequest) -> Mapping[str, str]:
@@ -45,10 +47,17 @@ def check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     (`raw_body` with pack_as_bytes, else the UTF-8 `body`; None when it sent none)."""
     http = request.attributes.request.http
     headers = http.headers
-    body: bytes | None = http.raw_body or (http.body.encode("utf-8") if http.body else None)
-    return CheckInput(
-        method=http.method, path=http.path, headers=headers, body=body,
-        body_partial=headers.get(PARTIAL_BODY_HEADER, "").lower() == "true")
+    body: bytes | None = http.raw_body
+    if not body:
+        text = http.body
+        body = text.encode("utf-8") if text else None
+    # Envoy flags a body it cut at max_request_bytes. A client can send the same header
+    # itself (it is only stripped later, on the way upstream), so the flag counts only
+    # on a body that really is that long: a short body claiming to be cut must not skip
+    # the usage injection (metering) it would otherwise get.
+    partial = (body is not None and len(body) >= MAX_CHECK_BODY_BYTES
+               and headers.get(PARTIAL_BODY_HEADER, "").lower() == "true")
+    return CheckInput(http.method, http.path, headers, body, partial)
 
 
 def _allow_bytes(decision: Allow) -> bytes:

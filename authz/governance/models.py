@@ -95,14 +95,19 @@ def check_model(policy: EffectivePolicy, body: Body, *, multipart: bool = False)
         raise ModelNotAllowed("model not in the policy's list")
 
 
+def might_need_usage_injection(method: str, body: Body) -> bool:
+    """The cheap half of needs_usage_injection, before any path or JSON work: a body
+    without "stream" cannot stream, unless it spells its keys with \\u escapes, which
+    are then parsed too (so escapes cannot dodge metering)."""
+    raw = body.raw
+    if method != "POST" or not raw or body.partial:
+        return False
+    return b"stream" in raw or b"\\u" in raw
+
+
 def needs_usage_injection(method: str, path: str | None, body: Body) -> bool:
     """A streamed chat completion that did not ask for usage (see the module doc)."""
-    if method != "POST" or path != CHAT_COMPLETIONS or body.empty or body.partial:
-        return False
-    raw = body.raw or b""
-    # Cheap pre-filter: a body without "stream" cannot stream, unless it spells its
-    # keys with \u escapes, which we then parse too (so escapes cannot dodge metering).
-    if b"stream" not in raw and b"\\u" not in raw:
+    if path != CHAT_COMPLETIONS or not might_need_usage_injection(method, body):
         return False
     document = body.json_or_none()
     return (isinstance(document, dict) and document.get("stream") is True

@@ -218,20 +218,24 @@ class EffectivePolicy:
 
     policies: tuple[Policy, ...]
     limits: Limits
+    # Worked out once (every check reads them): whether any rule, model list or limit
+    # applies at all.
+    governs_endpoints: bool = False
+    governs_models: bool = False
+    has_limits: bool = False
 
     @classmethod
     def of(cls, tenant: Policy, key: Policy | None = None) -> EffectivePolicy:
-        if key is None:
-            return cls((tenant,), tenant.limits)
-        return cls((tenant, key), tenant.limits.tightened_by(key.limits))
+        policies = (tenant,) if key is None else (tenant, key)
+        limits = tenant.limits if key is None else tenant.limits.tightened_by(key.limits)
+        return cls(policies, limits,
+                   governs_endpoints=not all(p.allows_all_endpoints for p in policies),
+                   governs_models=any(p.models is not None for p in policies),
+                   has_limits=limits.any)
 
     @property
     def allows_all_endpoints(self) -> bool:
-        return all(p.allows_all_endpoints for p in self.policies)
-
-    @property
-    def governs_models(self) -> bool:
-        return any(p.models is not None for p in self.policies)
+        return not self.governs_endpoints
 
     def allows_endpoint(self, method: str, path: str | None) -> bool:
         return all(p.allows_endpoint(method, path) for p in self.policies)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,14 +107,34 @@ class KvStore:
         data: Any = ((response or {}).get("data") or {}).get("data")
         return data if isinstance(data, dict) else None
 
-    def write(self, path: str, data: dict[str, Any], *, create_only: bool = False) -> int | None:
+    def read_with_version(self, path: str) -> tuple[dict[str, Any] | None, int]:
+        """The secret's data and its current version (None, 0 when there is none): the
+        version to pass as `cas` to write() for a read-modify-write."""
+        try:
+            response = self.client().secrets.kv.v2.read_secret_version(
+                path=path, mount_point=self.mount, raise_on_deleted_version=True)
+        except hvac.exceptions.InvalidPath:
+            return None, 0
+        except (*_VAULT_ERRORS, ValueError) as exc:
+            raise VaultUnavailable(f"vault read failed: {type(exc).__name__}") from None
+        body = (response or {}).get("data") or {}
+        data = body.get("data")
+        version = int((body.get("metadata") or {}).get("version") or 0)
+        return (data if isinstance(data, dict) else None), version
+
+    def write(self, path: str, data: dict[str, Any], *, create_only: bool = False,
+              cas: int | None = None) -> int | None:
         """Create or replace the secret at path; its new version. With create_only, a
-        secret that already exists is left alone and None is returned (check-and-set)."""
+        secret that already exists is left alone and None is returned (check-and-set);
+        with cas=N, the write happens only if the current version is still N (else
+        None)."""
+        if create_only:
+            cas = 0
         try:
             response = self.client().secrets.kv.v2.create_or_update_secret(
-                path=path, secret=data, mount_point=self.mount, cas=0 if create_only else None)
+                path=path, secret=data, mount_point=self.mount, cas=cas)
         except hvac.exceptions.InvalidRequest as exc:
-            if create_only and "check-and-set" in str(exc):
+            if cas is not None and "check-and-set" in str(exc):
                 return None
             raise VaultUnavailable(f"vault write failed: {type(exc).__name__}") from None
         except _VAULT_ERRORS as exc:
@@ -194,9 +215,31 @@ class VaultTenantStore:
             secret["policy"] = policy_to_json(key.policy)
         return self._kv.write(self.path_for(client_id), secret) or 0
 
+    def read_record(self, client_id: str) -> tuple[dict[str, Any] | None, int]:
+        """The tenant's whole record, unparsed, and its version (for operator commands
+        that must show or keep fields the relay would refuse, such as a broken policy)."""
+        return self._kv.read_with_version(self.path_for(client_id))
+
+    def update_record(self, client_id: str,
+                      change: Callable[[dict[str, Any]], dict[str, Any]],
+                      *, attempts: int = 5) -> int | None:
+        """Read-modify-write of the tenant's record with KV v2 check-and-set: `change`
+        gets a copy of the current record and returns the whole new one; if someone
+        else wrote in between, it is re-read and `change` runs again. The record is
+        replaced in one write, never half-written. None when the tenant has no record."""
+        path = self.path_for(client_id)
+        for _ in range(attempts):
+            data, version = self._kv.read_with_version(path)
+            if data is None:
+                return None
+            written = self._kv.write(path, change(dict(data)), cas=version)
+            if written is not None:
+                return written
+        raise VaultUnavailable("tenant record kept changing: try again")
+
     def delete(self, client_id: str) -> bool:
         """Remove every version of the tenant's secret; False if there was none."""
-        if self.read(client_id) is None:
+        if self.read_record(client_id)[0] is None:
             return False
         self._kv.delete(self.path_for(client_id))
         return True

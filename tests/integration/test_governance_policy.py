@@ -211,3 +211,35 @@ def test_an_invalid_default_policy_stops_the_service(make_relay):
     with pytest.raises(Exception) as error:  # noqa: PT011 - RelayStack reports a failed start
         make_relay({"AUTHZ_DEFAULT_POLICY": '{"endpoints": "some"}'})
     assert "AUTHZ_DEFAULT_POLICY" in str(error.value)
+
+
+def test_a_client_keys_own_policy_narrows_its_tenants(relay, upstream, vault, tenants):
+    from tests.support.authz_cli import authz_json
+
+    issued = authz_json("keys", "issue", "acme", "--policy", json.dumps({
+        "endpoints": ["POST /v1/chat/completions"], "models": ["gpt-4o-mini"]}), env=vault.env)
+    client = openai.OpenAI(base_url=relay.api_base, api_key=issued["key"], max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as error:
+        client.models.list()  # the tenant ("all") allows it; the key does not
+    assert error.value.response.json() == ENDPOINT_DENIED
+    with pytest.raises(openai.PermissionDeniedError) as error:
+        client.chat.completions.create(model="gpt-4o",
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert error.value.response.json() == MODEL_DENIED
+    assert upstream.requests == []
+    reply = client.chat.completions.create(model="gpt-4o-mini",
+                                           messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices
+    [received] = upstream.requests
+    assert received.header("authorization") == "Bearer sk-acme-0123456789abcdefghij"
+
+
+def test_a_client_cannot_claim_its_body_was_cut(relay, upstream, token_for, governed_tenants):
+    # Under a models policy a "cut" body would be refused; a short one claiming to be
+    # cut is read as what it is (an allowed model passes, as for anyone).
+    response = call(relay, token_for("gov-models"), "POST", "/api/openai/v1/chat/completions",
+                    b'{"model": "gpt-4o-mini", "messages": []}',
+                    {"x-envoy-auth-partial-body": "true"})
+    assert response.status_code == 200, response.text
+    [received] = upstream.requests
+    assert received.header("x-envoy-auth-partial-body") is None
