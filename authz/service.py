@@ -22,10 +22,13 @@ from authz.credentials.identity import IdentityCache
 from authz.credentials.jose.certs import CertStore
 from authz.credentials.verifiers import build_token_verifiers
 from authz.edge import logs
+from authz.edge.access_log import AccessLogServicer, access_log_handler
 from authz.edge.admin_http import AdminServer
-from authz.edge.envoy_check import CheckRequest, ResponseEncoder, request_headers
+from authz.edge.envoy_check import CheckRequest, ResponseEncoder, check_input
 from authz.edge.metrics import Metrics, StatsCollector
 from authz.errors import AddressInUse
+from authz.governance.limiter import GovernanceLimiter
+from authz.governance.redis_store import RedisStore
 from authz.pipeline.decision import Allow, Authorizer
 from authz.settings import Settings, format_addr
 from authz.tenants.key_cache import KeyCache
@@ -37,7 +40,9 @@ log = logging.getLogger(__name__)
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 _GRPC_OPTIONS = [
     ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", 1 << 20),
+    # A CheckRequest carries the request body (envoy.yaml: max_request_bytes 16 MiB)
+    # plus a few headers; 1 MiB more than the body is ample for the rest.
+    ("grpc.max_receive_message_length", 17 << 20),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -67,11 +72,20 @@ class AuthzService:
         self.identities = IdentityCache(settings.token_cache_size)
         # Every enabled token type behind one dispatcher (Firebase, OIDC, client keys...).
         self.tokens = build_token_verifiers(settings, self.certs, vault_tokens)
+        # Limits and the usage ledger: in this process, or shared through Redis.
+        self.limiter = GovernanceLimiter(
+            RedisStore(settings.redis_url, timeout_s=settings.redis_timeout_s)
+            if settings.redis_url else None,
+            events=self.metrics,
+        )
         self.authorizer = Authorizer(
             self.tokens,
             self.keys,
             identity_cache=self.identities,
+            default_policy=settings.default_policy,
+            limiter=self.limiter,
         )
+        self.access_log = AccessLogServicer(self.limiter.settle_nowait)
         self.encoder = ResponseEncoder()
         self.vault_pinged = False
         self.in_flight = 0
@@ -83,7 +97,7 @@ class AuthzService:
         started = time.perf_counter()
         self.in_flight += 1
         try:
-            decision = await self.authorizer.check(request_headers(request))
+            decision = await self.authorizer.check(check_input(request))
         finally:
             self.in_flight -= 1
         if isinstance(decision, Allow):
@@ -169,7 +183,8 @@ async def serve(settings: Settings) -> None:
     logs.configure(settings.log_level)
     service = AuthzService(settings)
     server = grpc.aio.server(options=_GRPC_OPTIONS)
-    server.add_generic_rpc_handlers([_check_handler(service)])
+    server.add_generic_rpc_handlers([_check_handler(service),
+                                     access_log_handler(service.access_log)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     grpc_addr = format_addr(settings.grpc_addr)
@@ -189,12 +204,19 @@ async def serve(settings: Settings) -> None:
         def invalidate_on_loop(client_id: str | None) -> None:
             loop.call_soon_threadsafe(service.invalidate, client_id)
 
+        def usage_on_loop(client_id: str, user: str | None) -> dict[str, object]:
+            # The ledger lives on the event loop (and may read Redis): ask it there.
+            future = asyncio.run_coroutine_threadsafe(
+                service.limiter.usage(client_id, user), loop)
+            return future.result(timeout=5)
+
         try:
             admin = AdminServer(
                 *settings.metrics_addr,
                 registry=service.metrics.registry,
                 readiness=service.readiness,
                 invalidate=invalidate_on_loop,
+                usage=usage_on_loop,
             )
         except OSError as exc:
             await server.stop(0)
@@ -207,6 +229,7 @@ async def serve(settings: Settings) -> None:
     # First cert fetch before the first health report; a failure is not fatal (checks
     # answer 500 until certs arrive, the refresher keeps trying, health says NOT_SERVING).
     await service.tokens.start()
+    await service.limiter.start()
     service.vault.start_token_renewal()
     readiness = asyncio.ensure_future(service.watch_readiness(health_servicer))
     log.info("authz serving", extra={
@@ -228,6 +251,7 @@ async def serve(settings: Settings) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
     await service.tokens.stop()
+    await service.limiter.close()
     service.vault.stop_token_renewal()
     if admin is not None:
         admin.stop()

@@ -37,6 +37,7 @@ from authz.config.env import (
 from authz.credentials.firebase import ISSUER_PREFIX
 from authz.credentials.oidc import OidcIssuer, parse_oidc_issuers
 from authz.errors import ConfigError
+from authz.governance.policy import ALLOW_ALL, Policy, PolicyError, parse_policy
 from authz.stack import cors
 from authz.tenants.client_id import CLAIM_PATH
 from authz.tenants.client_key_store import (
@@ -66,6 +67,16 @@ GOOGLE_SECURETOKEN_CERTS_URL = (
 _PROJECT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{4,62}[a-z0-9]$")
 # Vault mounts and paths: plain segments, no "..", no empty segment, no leading slash.
 _VAULT_SEGMENTS = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
+
+
+def parse_default_policy(raw: str) -> Policy:
+    """AUTHZ_DEFAULT_POLICY: a policy as JSON; empty means {"endpoints": "all"}."""
+    if not raw:
+        return ALLOW_ALL
+    try:
+        return parse_policy(raw)
+    except PolicyError as exc:
+        raise ConfigError(f"AUTHZ_DEFAULT_POLICY: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,10 @@ class Settings:
     metrics_tenant_cap: int = 50
     token_cache_size: int = 100_000
     log_level: str = "INFO"
+    # Governance counters shared by every replica (redis://host:port/db); None: in process.
+    redis_url: str | None = field(default=None, repr=False)
+    # How long one Redis call may take before this replica counts on its own.
+    redis_timeout_s: float = 0.25
     # -- the token types beyond Firebase's core -----------------------------------------
     firebase_emulator_host: str | None = None
     dev_accept_emulator_tokens: bool = False
@@ -129,6 +144,8 @@ class Settings:
     google_cloud_project: str = ""
     # Browser origins allowed to call the relay (authz/stack/cors.py); Envoy enforces them.
     cors_origins: tuple[str, ...] = ()
+    # Governance: the policy of a tenant whose Vault record has none (AUTHZ_DEFAULT_POLICY).
+    default_policy: Policy = ALLOW_ALL
 
     @property
     def client_keys_enabled(self) -> bool:
@@ -240,6 +257,11 @@ class Settings:
             "openai_api_key": get("OPENAI_API_KEY"),
             "google_cloud_project": get("GOOGLE_CLOUD_PROJECT"),
             **cors.settings_from_env(get),
+            "redis_url": get("AUTHZ_REDIS_URL") or None,
+            "redis_timeout_s": parse_duration(
+                "AUTHZ_REDIS_TIMEOUT", get("AUTHZ_REDIS_TIMEOUT") or "250ms"
+            ),
+            "default_policy": parse_default_policy(get("AUTHZ_DEFAULT_POLICY")),
         }
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         if "vault_addr" in given:
@@ -368,3 +390,9 @@ class Settings:
             if not os.path.isfile(self.vault_k8s_token_file):
                 raise ConfigError(f"AUTHZ_VAULT_K8S_TOKEN_FILE: {self.vault_k8s_token_file!r} "
                                   "is not a file (is a service account token mounted?)")
+        if self.redis_url is not None and not re.match(
+                r"^rediss?://[^/?#\s]+(/\d{1,2})?/?$", self.redis_url):
+            raise ConfigError("AUTHZ_REDIS_URL must be redis://host:port/db "
+                              "(or rediss:// for TLS)")
+        if not 0 < self.redis_timeout_s <= 5:
+            raise ConfigError("AUTHZ_REDIS_TIMEOUT must be between 1ms and 5s")

@@ -78,12 +78,20 @@ def strip_ext_authz(yaml_text: str) -> str:
     per_route = [
         i
         for i, line in enumerate(lines)
-        if line.strip() == "typed_per_filter_config:"
+        # (possibly with a YAML anchor: `typed_per_filter_config: &name`)
+        if line.strip().split(" &")[0] == "typed_per_filter_config:"
         and i + 1 < len(lines)
         and lines[i + 1].strip() == f"{EXT_AUTHZ_FILTER}:"
     ]
+    anchors = set()
     for i in reversed(per_route):
+        anchor = lines[i].strip().partition(" &")[2]
+        if anchor:
+            anchors.add(anchor)
         lines = _cut_block(lines, i)
+    # Routes that reuse a cut block by its YAML alias lose the alias too.
+    lines = [line for line in lines
+             if line.strip() not in {f"typed_per_filter_config: *{a}" for a in anchors}]
     text = "\n".join(lines) + "\n"
     # (The access log may still name its metadata namespace: that reads as "-".)
     if any(

@@ -64,6 +64,7 @@ from bench.upstreams import NginxUpstream
 from tests.support.fake_openai import FakeOpenAIProcess
 from tests.support.firebase import CertsServer, FirebaseKeys
 from tests.support.processes import ManagedProcess, free_port, wait_for_http
+from tests.support.redis import RedisServer
 from tests.support.relay import wait_for_grpc
 from tests.support.vault import BaoDevServer
 
@@ -73,6 +74,14 @@ CHAT_PATH = "/v1/chat/completions"
 RELAY_PREFIX = "/api/openai"
 READY_S = 30.0
 KEY_TTL_S = 300.0  # AUTHZ_KEY_CACHE_TTL given to every authz process
+# The issue's governed tenant: an endpoint list and every limit, all too high to trigger
+# (the `governed` variant sets it as every tenant's policy through AUTHZ_DEFAULT_POLICY).
+GOVERNED_POLICY = json.dumps({
+    "endpoints": ["POST /v1/chat/completions", "POST /v1/responses", "GET /v1/models"],
+    "limits": {"user_requests_per_minute": 10_000_000, "tenant_requests_per_minute": 10_000_000,
+               "user_concurrent_requests": 100_000, "user_tokens_per_day": 10**12,
+               "tenant_tokens_per_day": 10**13},
+}, separators=(",", ":"))
 NOISY_CORES = 0.2  # other processes' CPU during a point above which it is run again
 
 
@@ -93,13 +102,23 @@ class Variant:
     unix: bool = False
     envoy_concurrency: int = 1
     env: tuple[tuple[str, str], ...] = ()  # extra environment for the authz processes
+    #: Start a redis-server for this row and give its URL as AUTHZ_REDIS_URL.
+    redis: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
-        """'authz2', 'reuseport2', 'unix', 'envoy2', 'NAME=VALUE' (env), joined by '+'."""
+        """'authz2', 'reuseport2', 'unix', 'envoy2', 'NAME=VALUE' (env), 'governed'
+        (every tenant under GOVERNED_POLICY), 'redis' (a redis-server, AUTHZ_REDIS_URL),
+        joined by '+'."""
         kw: dict[str, Any] = {"name": f"relay[{spec}]"}
         env: list[tuple[str, str]] = []
         for part in spec.split("+"):
+            if part == "governed":
+                env.append(("AUTHZ_DEFAULT_POLICY", GOVERNED_POLICY))
+                continue
+            if part == "redis":
+                kw["redis"] = True
+                continue
             if "=" in part:
                 name, _, value = part.partition("=")
                 env.append((name, value))
@@ -179,6 +198,7 @@ class Fixture:
     upstream_role: ManagedProcess
     fake: FakeOpenAIProcess
     processes: list[ManagedProcess] = field(default_factory=list)
+    redis_servers: list[RedisServer] = field(default_factory=list)
 
 
 def tenant_name(i: int) -> str:
@@ -235,6 +255,11 @@ def start_relay(fx: Fixture, work_dir: Path, variant: Variant) -> Target:
     authz_procs: list[ManagedProcess] = []
     metrics_urls: list[str] = []
     pipe = str(work_dir / f"{tag}.sock") if variant.unix else None
+    extra_env = dict(variant.env)
+    if variant.redis:
+        redis = RedisServer(work_dir).start()
+        fx.redis_servers.append(redis)
+        extra_env["AUTHZ_REDIS_URL"] = redis.url
     for i in range(variant.authz_processes):
         port = shared_port if variant.reuseport or i == 0 else free_port()
         metrics_port = free_port()
@@ -246,7 +271,7 @@ def start_relay(fx: Fixture, work_dir: Path, variant: Variant) -> Target:
             argv = [sys.executable, "-m", "authz", "serve"]
         process = ManagedProcess(
             argv,
-            {**authz_env(fx, port, metrics_port), **dict(variant.env)},
+            {**authz_env(fx, port, metrics_port), **extra_env},
             work_dir / f"authz-{tag}-{i}.log",
             cwd=REPO,
             inherit_env=False,
@@ -389,6 +414,8 @@ def fixture(opts: Options, stack: ExitStack) -> Iterator[Fixture]:
     def stop_all() -> None:
         for process in reversed(fx.processes):
             process.stop()
+        for redis in fx.redis_servers:
+            redis.stop()
 
     stack.callback(stop_all)
     yield fx
@@ -726,6 +753,16 @@ def targets_summary(
             f"(target ≥ 0.9), {relay['rps'] / alone['rps']:.2f}x Envoy alone "
             f"(target ≥ 0.25)"
         )
+    for name, target in (("relay[governed]", 0.85), ("relay[governed+redis]", 0.75)):
+        governed = medians.get((name, top))
+        if relay and governed:
+            out.append(
+                f"{name} at {top} conns: {governed['rps'] / relay['rps']:.2f}x the ungoverned "
+                f"relay (target ≥ {target})"
+                + (f", {governed['rps'] / floor['rps']:.2f}x floor (target ≥ 0.9), "
+                   f"{governed['rps'] / alone['rps']:.2f}x Envoy alone (target ≥ 0.25)"
+                   if floor and alone else "")
+            )
     relay1, alone1 = medians.get(("relay", one)), medians.get(("envoy alone", one))
     if relay1 and alone1:
         out.append(

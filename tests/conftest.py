@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.firebase import CertsServer, FirebaseKeys
+from tests.support.redis import RedisServer
 from tests.support.tls import TestPKI, make_test_pki
 from tests.support.vault import BaoDevServer
 
@@ -82,4 +83,16 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoDevServer]:
     try:
         yield server
     finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A fresh real redis-server on a free loopback port (persistence off); the test may
+    kill, pause or restart it (``.start()`` again comes back on the same port)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.resume()
         server.stop()

@@ -15,8 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from authz.cli.common import UsageError, operator_settings
-from authz.settings import format_addr
+from authz.cli.common import UsageError, default_admin_addr
 from authz.tenants.client_id import validate_client_id
 
 
@@ -45,15 +44,10 @@ def run(args: argparse.Namespace) -> int:
     targets: list[str] = list(args.admin or [])
     if not targets:
         try:
-            metrics = operator_settings("settings").metrics_addr
+            targets = [default_admin_addr("authz cache")]
         except UsageError as exc:
-            print(f"authz cache: {exc}", file=sys.stderr)
+            print(exc, file=sys.stderr)
             return 2
-        if metrics is None:
-            print("authz cache: AUTHZ_METRICS_ADDR is off: name the admin address with --admin",
-                  file=sys.stderr)
-            return 2
-        targets = [format_addr(metrics)]
     failed = 0
     results = []
     for target in targets:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from authz.errors import ConfigError
-from authz.settings import Settings
+from authz.settings import Settings, format_addr
 from authz.tenants.client_key_store import VaultClientKeyStore, parse_pepper_source
 from authz.tenants.vault import VaultTenantStore
 
@@ -21,6 +21,15 @@ def operator_settings(prog: str) -> Settings:
         return Settings.from_env(serving=False)
     except ConfigError as exc:
         raise UsageError(f"{prog}: {exc}") from None
+
+
+def default_admin_addr(prog: str) -> str:
+    """HOST:PORT of the local authz admin port (AUTHZ_METRICS_ADDR), for commands whose
+    --admin was not given; UsageError when it is off."""
+    metrics = operator_settings(prog).metrics_addr
+    if metrics is None:
+        raise UsageError(f"{prog}: AUTHZ_METRICS_ADDR is off: name the admin address with --admin")
+    return format_addr(metrics)
 
 
 def require_vault(settings: Settings) -> None:

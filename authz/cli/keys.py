@@ -1,6 +1,7 @@
 """`authz keys issue|list|revoke CLIENT_ID`: relay-issued client keys (`rk_…`).
 
     authz keys issue acme [--expires-in 90d] [--name ci]   the key on stdout, shown once
+        [--policy JSON | --policy-file F]                  the key's own, narrower policy
     authz keys list acme                                     id, hint, status, expiry
     authz keys revoke acme ck_0123456789ab | --all           stops working within
                                                              AUTHZ_CLIENT_KEY_CACHE_TTL
@@ -24,7 +25,8 @@ from authz.cli.common import (
     require_vault,
     tenant_store,
 )
-from authz.errors import ConfigError, VaultUnavailable
+from authz.errors import ConfigError, RelayError
+from authz.governance.policy import Policy, PolicyError, parse_policy, policy_to_json
 from authz.settings import parse_duration
 from authz.tenants.client_id import validate_client_id
 from authz.tenants.client_key_store import KeyInfo
@@ -39,6 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     issue.add_argument("client_id")
     issue.add_argument("--expires-in", help="lifetime, e.g. 90d, 12h, 30m (default: never)")
     issue.add_argument("--name", help="a label shown by list (e.g. the script using it)")
+    own = issue.add_mutually_exclusive_group()
+    own.add_argument("--policy", help=(
+        "the key's own policy (JSON, as for a tenant): a request must be allowed by it "
+        "and by the tenant's; limits are the tighter of each"))
+    own.add_argument("--policy-file", help="read the key's own policy from this JSON file")
     listing = actions.add_parser("list", help="list a tenant's keys (never the keys)")
     listing.add_argument("client_id")
     revoke = actions.add_parser("revoke", help="revoke a key, or every key of a tenant")
@@ -78,11 +85,24 @@ def _info(info: KeyInfo, now: float) -> dict[str, Any]:
             "revoked_at": _when(info.revoked_at) if info.revoked_at else None}
 
 
+def read_policy_option(text: str | None, file: str | None) -> Policy | None:
+    """--policy JSON or --policy-file F, validated (PolicyError naming the field)."""
+    if file:
+        try:
+            with open(file, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise PolicyError(f"cannot read {file}: {exc.strerror}") from None
+    return None if text is None else parse_policy(text)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         client_id = validate_client_id(args.client_id)
         lifetime = parse_lifetime(args.expires_in) if getattr(args, "expires_in", None) else None
-    except (ValueError, ConfigError) as exc:
+        policy = read_policy_option(getattr(args, "policy", None),
+                                    getattr(args, "policy_file", None))
+    except (ValueError, ConfigError) as exc:  # PolicyError is a ValueError
         return _fail(str(exc), EXIT_USAGE)
     try:
         settings = operator_settings("settings")
@@ -98,10 +118,12 @@ def run(args: argparse.Namespace) -> int:
                          EXIT_NOT_FOUND)
         if args.action == "issue":
             issued = store.issue(client_id, expires_at=now + lifetime if lifetime else None,
-                                 name=args.name)
+                                 name=args.name, policy=policy)
             result: Any = {"client_id": client_id, "key_id": issued.key_id, "key": issued.key,
                            "hint": issued.hint, "expires_at": _when(issued.expires_at)
                            if issued.expires_at else None}
+            if policy is not None:
+                result["policy"] = policy_to_json(policy)
             print(f"authz keys: issued {issued.key_id} for tenant {client_id} (expires "
                   f"{_when(issued.expires_at)}). It is shown this once: store it now.",
                   file=sys.stderr)
@@ -123,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             result = _info(info, now)
             text = (f"{info.key_id} revoked: the relay refuses it within "
                     "AUTHZ_CLIENT_KEY_CACHE_TTL (30s by default)")
-    except VaultUnavailable as exc:
+    except RelayError as exc:  # Vault unreachable, or a record the relay would refuse
         return _fail(f"Vault at {settings.vault_addr} failed: {exc.log_detail}",
                      EXIT_VAULT)
     print(json.dumps(result) if args.json else text)

@@ -10,6 +10,7 @@ from importlib import metadata
 from authz.cli import cache as cache_cli
 from authz.cli import keys as keys_cli
 from authz.cli import tenant as tenant_cli
+from authz.cli import usage as usage_cli
 from authz.cli import users as users_cli
 from authz.errors import ConfigError
 from authz.settings import Settings, parse_addr
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.add_parser(commands)
     users_cli.add_parser(commands)
     cache_cli.add_parser(commands)
+    usage_cli.add_parser(commands)
     return parser
 
 

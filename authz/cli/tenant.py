@@ -1,5 +1,10 @@
 """`authz tenant put|rotate|show|delete CLIENT_ID` and `authz tenant list`: a tenant's
-OpenAI key in Vault.
+OpenAI key in Vault; `authz tenant policy set|show|clear CLIENT_ID`: its governance policy.
+
+Every change is a read-modify-write of the whole record with KV v2 check-and-set, so no
+field is lost to a concurrent writer and nothing is half-written. `put` and `rotate`
+keep the tenant's policy (`put --policy` replaces it); a policy is validated before
+anything is written (exit 2, the message names the field).
 
 `rotate` replaces the key of an existing tenant (keeping its organization and project
 unless given); the relay serves the new key once its cached copy is older than
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from authz.cli.common import (
     UsageError,
@@ -23,7 +29,8 @@ from authz.cli.common import (
     require_vault,
     tenant_store,
 )
-from authz.errors import VaultUnavailable
+from authz.errors import RelayError
+from authz.governance.policy import Policy, PolicyError, parse_policy, policy_to_json
 from authz.settings import Settings
 from authz.tenants.client_id import validate_client_id
 from authz.tenants.vault import TenantKey, VaultTenantStore, mask
@@ -45,11 +52,27 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                                               "in the process list: prefer --stdin)")
         put.add_argument("--organization", help="sent upstream as OpenAI-Organization")
         put.add_argument("--project", help="sent upstream as OpenAI-Project")
+        own = put.add_mutually_exclusive_group()
+        own.add_argument("--policy", help="the tenant's governance policy (JSON); "
+                                          "default: keep the one it has")
+        own.add_argument("--policy-file", help="read the policy from this JSON file")
     actions.add_parser("list", help="list every tenant (keys masked)")
     for name, text in (("show", "show a tenant (the key masked)"), ("delete", "remove a tenant")):
         action = actions.add_parser(name, help=text)
         action.add_argument("client_id")
     for action in actions.choices.values():
+        action.add_argument("--json", action="store_true", help="machine-readable output")
+    policy = actions.add_parser("policy", help="set, show or clear a tenant's policy")
+    policy_actions = policy.add_subparsers(dest="policy_action", required=True)
+    set_policy = policy_actions.add_parser("set", help="validate and store a policy")
+    set_policy.add_argument("client_id")
+    source = set_policy.add_mutually_exclusive_group(required=True)
+    source.add_argument("policy", nargs="?", help="the policy as JSON")
+    source.add_argument("--file", help="read the policy from this JSON file")
+    for name, text in (("show", "print the tenant's policy (or the default it gets)"),
+                       ("clear", "remove the policy: the tenant gets AUTHZ_DEFAULT_POLICY")):
+        policy_actions.add_parser(name, help=text).add_argument("client_id")
+    for action in policy_actions.choices.values():
         action.add_argument("--json", action="store_true", help="machine-readable output")
     tenant.set_defaults(handler=run)
 
@@ -82,55 +105,159 @@ def _read_key(args: argparse.Namespace, settings: Settings) -> str:
     return settings.openai_api_key
 
 
+def read_policy_argument(text: str | None, file: str | None) -> Policy | None:
+    """A policy given as JSON text or in a file, validated (PolicyError names the field)."""
+    if file:
+        try:
+            with open(file, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise PolicyError(f"cannot read {file}: {exc.strerror}") from None
+    return None if text is None else parse_policy(text)
+
+
+def _policy_view(record: dict[str, Any]) -> Any:
+    """The record's policy for display: its JSON, None, or why the relay refuses it."""
+    raw = record.get("policy")
+    if raw is None or raw == "":
+        return None
+    try:
+        return policy_to_json(parse_policy(raw))
+    except PolicyError as exc:
+        return {"invalid": str(exc)}
+
+
+def _api_key_of(record: dict[str, Any] | None) -> str | None:
+    api_key = (record or {}).get("api_key")
+    return api_key.strip() if isinstance(api_key, str) and api_key.strip() else None
+
+
 def run(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.action == "list":
         return _list(args, settings)
     try:
         client_id = validate_client_id(args.client_id)
-    except ValueError as exc:
+        if args.action == "policy":
+            return _policy(args, client_id, settings)
+        new_policy = read_policy_argument(getattr(args, "policy", None),
+                                          getattr(args, "policy_file", None))
+    except ValueError as exc:  # a bad client id, or a PolicyError naming the field
         return _fail(str(exc), EXIT_USAGE)
     store = _store(settings)
     try:
         if args.action == "rotate":
-            current = store.read(client_id)
-            if current is None:
-                return _fail(f"no tenant {client_id!r} (use put to create it)", EXIT_NOT_FOUND)
             api_key = _read_key(args, settings)
             if not api_key:
                 return _fail("no key given: set OPENAI_API_KEY, or use --stdin", EXIT_USAGE)
-            if api_key == current.api_key:
-                return _fail("the new key is the key already stored", EXIT_USAGE)
-            version = store.write(client_id, TenantKey(
-                api_key, args.organization or current.organization,
-                args.project or current.project))
+            previous: list[str] = []
+
+            def rotate(record: dict[str, Any]) -> dict[str, Any]:
+                previous[:] = [_api_key_of(record) or ""]
+                if previous[0] == api_key:
+                    raise ValueError("the new key is the key already stored")
+                record["api_key"] = api_key
+                for name in ("organization", "project"):
+                    if getattr(args, name):
+                        record[name] = getattr(args, name)
+                if new_policy is not None:
+                    record["policy"] = policy_to_json(new_policy)
+                return record
+
+            try:
+                version = store.update_record(client_id, rotate)
+            except ValueError as exc:
+                return _fail(str(exc), EXIT_USAGE)
+            if version is None or not previous[0]:
+                return _fail(f"no tenant {client_id!r} (use put to create it)", EXIT_NOT_FOUND)
             result = {"client_id": client_id, "version": version, "api_key": mask(api_key),
-                      "previous": mask(current.api_key)}
-            text = (f"tenant {client_id}: key {mask(current.api_key)} replaced by "
+                      "previous": mask(previous[0])}
+            text = (f"tenant {client_id}: key {mask(previous[0])} replaced by "
                     f"{mask(api_key)} (version {version}); the relay uses it within "
                     "AUTHZ_KEY_CACHE_TTL (300s by default)")
         elif args.action == "put":
             api_key = _read_key(args, settings)
             if not api_key:
                 return _fail("no key given: set OPENAI_API_KEY, or use --stdin", EXIT_USAGE)
-            version = store.write(client_id, TenantKey(api_key, args.organization, args.project))
+            fresh: dict[str, Any] = {"api_key": api_key}
+            if args.organization:
+                fresh["organization"] = args.organization
+            if args.project:
+                fresh["project"] = args.project
+            if new_policy is not None:
+                fresh["policy"] = policy_to_json(new_policy)
+
+            def put(record: dict[str, Any]) -> dict[str, Any]:
+                # Replace the key (and organization/project), keep the policy: losing
+                # it by re-running put would silently widen what the tenant may do.
+                if new_policy is None and "policy" in record:
+                    return {**fresh, "policy": record["policy"]}
+                return dict(fresh)
+
+            version = store.update_record(client_id, put)
+            if version is None:
+                version = store.write(client_id, TenantKey(api_key, args.organization,
+                                                           args.project, new_policy))
             result = {"client_id": client_id, "version": version, "api_key": mask(api_key)}
             text = f"tenant {client_id}: key {mask(api_key)} stored (version {version})"
         elif args.action == "show":
-            key = store.read(client_id)
-            if key is None:
+            record, _ = store.read_record(client_id)
+            stored_key = _api_key_of(record)
+            if record is None or stored_key is None:
                 return _fail(f"no tenant {client_id!r}", EXIT_NOT_FOUND)
-            result = {"client_id": client_id, "api_key": mask(key.api_key),
-                      "organization": key.organization, "project": key.project}
-            text = "\n".join(f"{name}: {value}" for name, value in result.items()
-                             if value is not None)
+            result = {"client_id": client_id, "api_key": mask(stored_key),
+                      "organization": record.get("organization"),
+                      "project": record.get("project"), "policy": _policy_view(record)}
+            text = "\n".join(
+                f"{name}: {json.dumps(value) if name == 'policy' else value}"
+                for name, value in result.items() if value is not None)
         else:
             if not store.delete(client_id):
                 return _fail(f"no tenant {client_id!r}", EXIT_NOT_FOUND)
             revoked = client_key_store(settings).revoke_all(client_id)
             result = {"client_id": client_id, "deleted": True, "client_keys_revoked": revoked}
             text = f"tenant {client_id}: deleted ({revoked} client key(s) revoked)"
-    except VaultUnavailable as exc:
+    except RelayError as exc:
+        return _fail(f"Vault at {settings.vault_addr} failed: {exc.log_detail}",
+                     EXIT_VAULT)
+    print(json.dumps(result) if args.json else text)
+    return EXIT_OK
+
+
+def _policy(args: argparse.Namespace, client_id: str, settings: Settings) -> int:
+    """`tenant policy set|show|clear`: never prints or changes anything but the policy."""
+    action = args.policy_action
+    # Validated before Vault is even asked: a bad policy changes nothing (exit 2).
+    policy = read_policy_argument(args.policy, args.file) if action == "set" else None
+    store = _store(settings)
+    try:
+        if action == "show":
+            record, _ = store.read_record(client_id)
+            if record is None:
+                return _fail(f"no tenant {client_id!r}", EXIT_NOT_FOUND)
+            view = _policy_view(record)
+            result: Any = {"client_id": client_id, "policy": view,
+                           "default": view is None}
+            text = (json.dumps(view, indent=2) if view is not None else
+                    "(none: the tenant gets AUTHZ_DEFAULT_POLICY)")
+        else:
+            def change(record: dict[str, Any]) -> dict[str, Any]:
+                if policy is None:
+                    record.pop("policy", None)
+                else:
+                    record["policy"] = policy_to_json(policy)
+                return record
+
+            version = store.update_record(client_id, change)
+            if version is None:
+                return _fail(f"no tenant {client_id!r} (authz tenant put {client_id} first)",
+                             EXIT_NOT_FOUND)
+            result = {"client_id": client_id, "version": version,
+                      "policy": policy_to_json(policy) if policy is not None else None}
+            text = (f"tenant {client_id}: policy {'set' if policy else 'cleared'} "
+                    f"(version {version}); the relay applies it within "
+                    "AUTHZ_KEY_CACHE_TTL (300s by default)")
+    except RelayError as exc:
         return _fail(f"Vault at {settings.vault_addr} failed: {exc.log_detail}",
                      EXIT_VAULT)
     print(json.dumps(result) if args.json else text)
@@ -143,11 +270,13 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     try:
         tenants = []
         for client_id in keys.list_tenants():
-            key = store.read(client_id)
-            if key is not None:
-                tenants.append({"client_id": client_id, "api_key": mask(key.api_key),
-                                "organization": key.organization, "project": key.project})
-    except VaultUnavailable as exc:
+            record, _ = store.read_record(client_id)
+            api_key = _api_key_of(record)
+            if record is not None and api_key is not None:
+                tenants.append({"client_id": client_id, "api_key": mask(api_key),
+                                "organization": record.get("organization"),
+                                "project": record.get("project")})
+    except RelayError as exc:
         return _fail(f"Vault at {settings.vault_addr} failed: {exc.log_detail}",
                      EXIT_VAULT)
     if args.json:

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from authz.credentials.identity import Identity
 from authz.errors import AuthenticationFailed, VaultUnavailable
+from authz.governance.policy import Policy
 from authz.tenants.client_id import is_valid_client_id
 from authz.ttl_cache import AsyncTtlCache
 
@@ -88,6 +89,8 @@ class ClientKeyRecord:
     key_id: str
     expires_at: float | None = None
     revoked: bool = False
+    #: The key's own policy, set at issue time (narrows its tenant's); None: none.
+    policy: Policy | None = None
 
 
 class ClientKeyIndex(Protocol):
@@ -161,7 +164,8 @@ class ClientKeyVerifier:
         if record.expires_at is not None:
             fresh_until = min(fresh_until, record.expires_at)
         return Identity(subject=f"client-key:{record.key_id}", client_id=record.client_id,
-                        token_type=self.token_type, expires_at=fresh_until)
+                        token_type=self.token_type, expires_at=fresh_until,
+                        policy=record.policy)
 
     def close(self) -> None:
         self.records.close()

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from authz.governance.policy import Policy
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -22,6 +24,8 @@ class Identity:
     #: Unix time after which this identity must be verified again (the token's exp,
     #: or sooner for credentials that can be revoked).
     expires_at: float
+    #: A client key's own policy (narrower than its tenant's), set when it was issued.
+    policy: Policy | None = None
 
 
 class TokenVerifier(Protocol):

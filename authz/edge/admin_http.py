@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 ReadinessReport = Callable[[], dict[str, Any]]
 # Forget cached keys (and identities) for one tenant, or all when None.
 Invalidate = Callable[[str | None], None]
+# Today's usage of one tenant (optionally one user): the /admin/usage body.
+Usage = Callable[[str, str | None], dict[str, Any]]
 
 
 class AdminServer:
@@ -39,6 +41,7 @@ class AdminServer:
         registry: CollectorRegistry,
         readiness: ReadinessReport,
         invalidate: Invalidate,
+        usage: Usage | None = None,
     ) -> None:
         admin = self
 
@@ -55,6 +58,8 @@ class AdminServer:
                 elif path == "/readyz":
                     report = readiness()
                     self._json(200 if report.get("ready") else 503, report)
+                elif path == "/admin/usage" and usage is not None:
+                    self._usage(parse_qs(urlsplit(self.path).query))
                 else:
                     self._json(404, {"error": "Not found"})
 
@@ -73,6 +78,24 @@ class AdminServer:
                 invalidate(client_id)
                 log.info("cache invalidated", extra={"client_id": client_id or "*"})
                 self._json(200, {"invalidated": client_id or "*"})
+
+            def _usage(self, query: dict[str, list[str]]) -> None:
+                client_id = query.get("client_id", [""])[0]
+                user = query.get("user", [None])[0]
+                if not is_valid_client_id(client_id):
+                    self._json(400, {"error": "client_id is required and must be valid"})
+                    return
+                if user is not None and not 0 < len(user) <= 512:
+                    self._json(400, {"error": "invalid user"})
+                    return
+                assert usage is not None
+                try:
+                    report = usage(client_id, user)
+                except Exception:
+                    log.exception("usage report failed", extra={"client_id": client_id})
+                    self._json(503, {"error": "usage unavailable"})
+                    return
+                self._json(200, report)
 
             def _json(self, status: int, body: dict[str, Any]) -> None:
                 self._send(status, json.dumps(body).encode(), "application/json")

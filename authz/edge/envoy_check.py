@@ -12,10 +12,18 @@ from collections.abc import Mapping
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
-from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
-from authz.pipeline.decision import Allow, Decision, Deny
+from authz.errors import LimitReached
+from authz.governance.model import (
+    META_CLIENT_ID,
+    META_INJECT_USAGE,
+    META_LEASE,
+    META_RESERVED,
+    META_TOKEN_TYPE,
+    META_USER,
+)
+from authz.pipeline.decision import PARTIAL_BODY_HEADER, Allow, CheckInput, Decision, Deny
 
 CheckRequest = external_auth_pb2.CheckRequest
 
@@ -25,11 +33,31 @@ _RPC_PERMISSION_DENIED = 7
 _RPC_UNAUTHENTICATED = 16
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _MAX_CACHED = 10_000
+#: envoy.yaml's ext_authz with_request_body.max_request_bytes.
+MAX_CHECK_BODY_BYTES = 16 * 1024 * 1024
 
 
 def request_headers(request: external_auth_pb2.CheckRequest) -> Mapping[str, str]:
     """The client's request headers, lower-case names, as Envoy sent them."""
     return request.attributes.request.http.headers  # type: ignore[no-any-return]
+
+
+def check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
+    """What the pipeline looks at: method, path, headers, and the body Envoy buffered
+    (`raw_body` with pack_as_bytes, else the UTF-8 `body`; None when it sent none)."""
+    http = request.attributes.request.http
+    headers = http.headers
+    body: bytes | None = http.raw_body
+    if not body:
+        text = http.body
+        body = text.encode("utf-8") if text else None
+    # Envoy flags a body it cut at max_request_bytes. A client can send the same header
+    # itself (it is only stripped later, on the way upstream), so the flag counts only
+    # on a body that really is that long: a short body claiming to be cut must not skip
+    # the usage injection (metering) it would otherwise get.
+    partial = (body is not None and len(body) >= MAX_CHECK_BODY_BYTES
+               and headers.get(PARTIAL_BODY_HEADER, "").lower() == "true")
+    return CheckInput(http.method, http.path, headers, body, partial)
 
 
 def _allow_bytes(decision: Allow) -> bytes:
@@ -42,8 +70,16 @@ def _allow_bytes(decision: Allow) -> bytes:
         option.header.value = value
         option.append_action = _OVERWRITE
     ok.headers_to_remove.extend(decision.remove_headers)
+    values: dict[str, str | float] = {
+        META_CLIENT_ID: decision.client_id, META_TOKEN_TYPE: decision.token_type,
+        META_USER: decision.user}
+    if decision.lease:
+        values[META_LEASE] = decision.lease
+        values[META_RESERVED] = decision.reserved_tokens
+    if decision.inject_usage:
+        values[META_INJECT_USAGE] = "1"
     metadata = struct_pb2.Struct()
-    metadata.update({"client_id": decision.client_id, "token_type": decision.token_type})
+    metadata.update(values)
     response.dynamic_metadata.CopyFrom(metadata)
     return bytes(response.SerializeToString())
 
@@ -53,13 +89,16 @@ def _deny_bytes(decision: Deny) -> bytes:
     response = external_auth_pb2.CheckResponse()
     response.status.code = _RPC_UNAUTHENTICATED if error.status == 401 else _RPC_PERMISSION_DENIED
     denied = response.denied_response
-    denied.status.code = http_status_pb2.StatusCode.Value(
-        "Unauthorized" if error.status == 401 else "InternalServerError"
-    )
-    option = denied.headers.add()
-    option.header.key = "content-type"
-    option.header.value = "application/json"
-    option.append_action = _OVERWRITE
+    # Envoy's StatusCode enum values are the HTTP status numbers themselves.
+    denied.status.code = error.status
+    headers = [("content-type", "application/json")]
+    if isinstance(error, LimitReached):
+        headers.append(("retry-after", str(error.retry_after_s)))
+    for name, value in headers:
+        option = denied.headers.add()
+        option.header.key = name
+        option.header.value = value
+        option.append_action = _OVERWRITE
     denied.body = json.dumps(error.body())
     return bytes(response.SerializeToString())
 
@@ -70,10 +109,13 @@ class ResponseEncoder:
     def __init__(self, max_entries: int = _MAX_CACHED) -> None:
         self._max_entries = max_entries
         self._allow: dict[Allow, bytes] = {}
-        self._deny: dict[tuple[type, int, str], bytes] = {}
+        self._deny: dict[tuple[type, int, str, int], bytes] = {}
 
     def encode(self, decision: Decision) -> bytes:
         if isinstance(decision, Allow):
+            if decision.lease:
+                # A lease is unique to one request: caching it would only evict others.
+                return _allow_bytes(decision)
             cached = self._allow.get(decision)
             if cached is None:
                 cached = _allow_bytes(decision)
@@ -81,7 +123,9 @@ class ResponseEncoder:
                     self._allow.pop(next(iter(self._allow)))
                 self._allow[decision] = cached
             return cached
-        key = (type(decision.error), decision.error.status, decision.error.detail)
+        error = decision.error
+        key = (type(error), error.status, error.detail,
+               error.retry_after_s if isinstance(error, LimitReached) else 0)
         cached = self._deny.get(key)
         if cached is None:
             cached = _deny_bytes(decision)

@@ -56,6 +56,30 @@ class Metrics:
         )
         self.ready = Gauge("authz_ready", "1 when the service can verify tokens",
                            registry=self.registry)
+        # Governance (authz.governance.limiter.LimiterEvents): metered tokens per tenant
+        # (same bounded label set as authz_tenant_allowed), limit refusals, Redis health.
+        self.tokens = Counter(
+            "authz_tokens", "Tokens metered from the upstream's usage (or estimated)",
+            ["client_id", "kind"], registry=self.registry,
+        )
+        self._token_children: dict[str, tuple[Any, Any]] = {}
+        self.metered_requests = Counter(
+            "authz_metered_requests", "Allowed requests settled from Envoy's access log",
+            registry=self.registry,
+        )
+        self.limit_rejections = Counter(
+            "authz_limit_rejections", "Requests refused by a limit or budget (429)",
+            ["limit"], registry=self.registry,
+        )
+        self.redis_up = Gauge(
+            "authz_redis_up",
+            "1 while the shared Redis (AUTHZ_REDIS_URL) answers; 0 when down or unset",
+            registry=self.registry,
+        )
+        self.redis_fallbacks = Counter(
+            "authz_redis_fallback", "Redis calls that failed or timed out: counted locally",
+            registry=self.registry,
+        )
         # Pre-bind the hot-path children so a check costs a dict lookup, not a label parse.
         self._outcome = {
             (outcome, token_type): self.checks.labels(outcome, token_type)
@@ -70,16 +94,42 @@ class Metrics:
         child.inc()
         self.check_seconds.observe(seconds)
 
+    def _tenant_label(self, client_id: str, children: dict[str, Any]) -> tuple[str, bool]:
+        allowed = (client_id in self._tenant_allow if self._tenant_allow
+                   else len(children) < self._tenant_cap)
+        return (client_id if allowed else OTHER_TENANTS), allowed or len(children) < 100_000
+
     def count_tenant(self, client_id: str) -> None:
         child = self._tenant_children.get(client_id)
         if child is None:
-            allowed = (client_id in self._tenant_allow if self._tenant_allow
-                       else len(self._tenant_children) < self._tenant_cap)
-            label = client_id if allowed else OTHER_TENANTS
+            label, keep = self._tenant_label(client_id, self._tenant_children)
             child = self.tenant_requests.labels(label)
-            if allowed or len(self._tenant_children) < 100_000:
+            if keep:
                 self._tenant_children[client_id] = child
         child.inc()
+
+    # -- LimiterEvents ---------------------------------------------------------------
+    def limit_rejected(self, limit: str) -> None:
+        self.limit_rejections.labels(limit).inc()
+
+    def metered(self, client_id: str, input_tokens: int, output_tokens: int) -> None:
+        self.metered_requests.inc()
+        children = self._token_children.get(client_id)
+        if children is None:
+            label, keep = self._tenant_label(client_id, self._token_children)
+            children = (self.tokens.labels(label, "input"), self.tokens.labels(label, "output"))
+            if keep:
+                self._token_children[client_id] = children
+        if input_tokens:
+            children[0].inc(input_tokens)
+        if output_tokens:
+            children[1].inc(output_tokens)
+
+    def store_up(self, up: bool) -> None:
+        self.redis_up.set(1 if up else 0)
+
+    def store_fallback(self) -> None:
+        self.redis_fallbacks.inc()
 
 
 # (cache, event) -> cumulative count, and source -> cumulative error count, read at scrape.

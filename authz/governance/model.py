@@ -31,6 +31,9 @@ USAGE_NAMESPACE = "relay.usage"
 USAGE_INPUT = "input_tokens"
 USAGE_OUTPUT = "output_tokens"
 USAGE_EVENTS = "events"
+#: Set (to 1) by the Lua filter when it did insert `stream_options.include_usage` into
+#: the request body (so it strips the stream, and usage is expected at its end).
+USAGE_INJECTED = "injected"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from authz.credentials.client_keys import ClientKeyRecord, hint, key_hash, new_client_key
-from authz.errors import ConfigError, VaultUnavailable
+from authz.errors import ConfigError, InternalError, VaultUnavailable
+from authz.governance.policy import Policy, PolicyError, parse_policy, policy_to_json
 from authz.tenants.client_id import is_valid_client_id, validate_client_id
 from authz.tenants.vault import KvStore
 from authz.tenants.vault_login import TokenProvider
@@ -157,12 +158,13 @@ class VaultClientKeyStore:
             return None
         return ClientKeyRecord(client_id=client_id, key_id=key_id,
                                expires_at=_number(data.get("expires_at")),
-                               revoked=data.get("revoked") is not False)
+                               revoked=data.get("revoked") is not False,
+                               policy=_key_policy(data.get("policy")))
 
     # -- what the operator does -------------------------------------------------------------
 
     def issue(self, client_id: str, *, expires_at: float | None = None,
-              name: str | None = None) -> IssuedKey:
+              name: str | None = None, policy: Policy | None = None) -> IssuedKey:
         pepper = self.ensure_pepper()
         key = new_client_key(pepper)
         hashed = key_hash(pepper, key)
@@ -172,11 +174,18 @@ class VaultClientKeyStore:
                                   "created_at": now, "expires_at": expires_at}
         if name:
             record["name"] = name
+        # The key's own policy goes in both: the record for `keys list`, the index for
+        # the relay (which reads only the index).
+        policy_json = policy_to_json(policy) if policy is not None else None
+        if policy_json is not None:
+            record["policy"] = policy_json
         if self._write(self._record_path(client_id, key_id), record, create_only=True) is None:
             raise VaultUnavailable("client key id collision: try again")
-        if self._write(self._index_entry(hashed), {"client_id": client_id, "key_id": key_id,
-                                                   "expires_at": expires_at, "revoked": False},
-                       create_only=True) is None:
+        index: dict[str, Any] = {"client_id": client_id, "key_id": key_id,
+                                 "expires_at": expires_at, "revoked": False}
+        if policy_json is not None:
+            index["policy"] = policy_json
+        if self._write(self._index_entry(hashed), index, create_only=True) is None:
             raise VaultUnavailable("client key hash collision: try again")
         return IssuedKey(key, client_id, key_id, hint(key), now, expires_at)
 
@@ -210,7 +219,7 @@ class VaultClientKeyStore:
         if isinstance(hashed, str) and len(hashed) == 64 and hashed.isalnum():
             index = self._read(self._index_entry(hashed)) or {}
             self._write(self._index_entry(hashed), {
-                "client_id": client_id, "key_id": key_id,
+                **index, "client_id": client_id, "key_id": key_id,
                 "expires_at": index.get("expires_at"), "revoked": True})
         revoked_at = _number(data.get("revoked_at")) or time.time()
         self._write(path, {**data, "revoked_at": revoked_at})
@@ -236,6 +245,17 @@ class VaultClientKeyStore:
         names = {name.rstrip("/") for name in self._list(parent)}
         return sorted(name for name in names if is_valid_client_id(name)
                       and self._read(self.tenant_path(name)) is not None)
+
+
+def _key_policy(value: Any) -> Policy | None:
+    """A client key's own policy from its index entry; an invalid one fails closed."""
+    if value is None or value == "":
+        return None
+    try:
+        return parse_policy(value)
+    except PolicyError as exc:
+        raise InternalError(f"client key policy invalid: {exc}",
+                            detail="client key policy invalid") from None
 
 
 def _decode_pepper(value: Any) -> bytes | None:

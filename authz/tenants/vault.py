@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,8 @@ import hvac
 import hvac.exceptions
 import requests
 
-from authz.errors import VaultUnavailable
+from authz.errors import InternalError, VaultUnavailable
+from authz.governance.policy import Policy, PolicyError, parse_policy, policy_to_json
 from authz.tenants.client_id import validate_client_id
 from authz.tenants.vault_login import StaticToken, TokenProvider
 
@@ -29,6 +31,22 @@ class TenantKey:
     api_key: str = field(repr=False)
     organization: str | None = None
     project: str | None = None
+    #: The tenant's own governance policy (the record's `policy`); None: the default.
+    policy: Policy | None = None
+
+
+def read_policy(data: dict[str, Any]) -> Policy | None:
+    """The record's `policy` (a JSON object or a string holding one). An invalid one
+    fails closed: InternalError "tenant policy invalid" (the log names the field; the
+    policy holds no secret, the rest of the record is never quoted)."""
+    raw = data.get("policy")
+    if raw is None or raw == "":
+        return None
+    try:
+        return parse_policy(raw)
+    except PolicyError as exc:
+        raise InternalError(f"tenant policy invalid: {exc}",
+                            detail="tenant policy invalid") from None
 
 
 def mask(secret: str) -> str:
@@ -89,14 +107,34 @@ class KvStore:
         data: Any = ((response or {}).get("data") or {}).get("data")
         return data if isinstance(data, dict) else None
 
-    def write(self, path: str, data: dict[str, Any], *, create_only: bool = False) -> int | None:
+    def read_with_version(self, path: str) -> tuple[dict[str, Any] | None, int]:
+        """The secret's data and its current version (None, 0 when there is none): the
+        version to pass as `cas` to write() for a read-modify-write."""
+        try:
+            response = self.client().secrets.kv.v2.read_secret_version(
+                path=path, mount_point=self.mount, raise_on_deleted_version=True)
+        except hvac.exceptions.InvalidPath:
+            return None, 0
+        except (*_VAULT_ERRORS, ValueError) as exc:
+            raise VaultUnavailable(f"vault read failed: {type(exc).__name__}") from None
+        body = (response or {}).get("data") or {}
+        data = body.get("data")
+        version = int((body.get("metadata") or {}).get("version") or 0)
+        return (data if isinstance(data, dict) else None), version
+
+    def write(self, path: str, data: dict[str, Any], *, create_only: bool = False,
+              cas: int | None = None) -> int | None:
         """Create or replace the secret at path; its new version. With create_only, a
-        secret that already exists is left alone and None is returned (check-and-set)."""
+        secret that already exists is left alone and None is returned (check-and-set);
+        with cas=N, the write happens only if the current version is still N (else
+        None)."""
+        if create_only:
+            cas = 0
         try:
             response = self.client().secrets.kv.v2.create_or_update_secret(
-                path=path, secret=data, mount_point=self.mount, cas=0 if create_only else None)
+                path=path, secret=data, mount_point=self.mount, cas=cas)
         except hvac.exceptions.InvalidRequest as exc:
-            if create_only and "check-and-set" in str(exc):
+            if cas is not None and "check-and-set" in str(exc):
                 return None
             raise VaultUnavailable(f"vault write failed: {type(exc).__name__}") from None
         except _VAULT_ERRORS as exc:
@@ -163,20 +201,45 @@ class VaultTenantStore:
             organization=organization.strip() if isinstance(organization, str) and
             organization.strip() else None,
             project=project.strip() if isinstance(project, str) and project.strip() else None,
+            policy=read_policy(data),
         )
 
     def write(self, client_id: str, key: TenantKey) -> int:
         """Create or replace the tenant's secret; returns the new version."""
-        secret = {"api_key": key.api_key}
+        secret: dict[str, Any] = {"api_key": key.api_key}
         if key.organization:
             secret["organization"] = key.organization
         if key.project:
             secret["project"] = key.project
+        if key.policy is not None:
+            secret["policy"] = policy_to_json(key.policy)
         return self._kv.write(self.path_for(client_id), secret) or 0
+
+    def read_record(self, client_id: str) -> tuple[dict[str, Any] | None, int]:
+        """The tenant's whole record, unparsed, and its version (for operator commands
+        that must show or keep fields the relay would refuse, such as a broken policy)."""
+        return self._kv.read_with_version(self.path_for(client_id))
+
+    def update_record(self, client_id: str,
+                      change: Callable[[dict[str, Any]], dict[str, Any]],
+                      *, attempts: int = 5) -> int | None:
+        """Read-modify-write of the tenant's record with KV v2 check-and-set: `change`
+        gets a copy of the current record and returns the whole new one; if someone
+        else wrote in between, it is re-read and `change` runs again. The record is
+        replaced in one write, never half-written. None when the tenant has no record."""
+        path = self.path_for(client_id)
+        for _ in range(attempts):
+            data, version = self._kv.read_with_version(path)
+            if data is None:
+                return None
+            written = self._kv.write(path, change(dict(data)), cas=version)
+            if written is not None:
+                return written
+        raise VaultUnavailable("tenant record kept changing: try again")
 
     def delete(self, client_id: str) -> bool:
         """Remove every version of the tenant's secret; False if there was none."""
-        if self.read(client_id) is None:
+        if self.read_record(client_id)[0] is None:
             return False
         self._kv.delete(self.path_for(client_id))
         return True

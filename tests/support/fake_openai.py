@@ -7,10 +7,15 @@ not record and can pre-fork several workers sharing one listening socket.
 
 Endpoints (response shapes follow OpenAI's, so the official SDK parses them):
 
-- ``POST /v1/chat/completions``: chat.completion; ``"stream": true`` gives SSE
-  ``chat.completion.chunk`` events then ``data: [DONE]``.
-- ``POST /v1/responses``: a response object; ``"stream": true`` gives Responses API
-  SSE events (``response.created`` … ``response.output_text.delta`` … ``response.completed``).
+- ``POST /v1/chat/completions``: chat.completion with ``usage``; ``"stream": true``
+  gives SSE ``chat.completion.chunk`` events then ``data: [DONE]``. As OpenAI does: with
+  ``stream_options.include_usage`` every chunk carries ``"usage":null`` and a last chunk
+  with ``"choices":[]`` carries the usage; without it no chunk mentions usage.
+- ``POST /v1/responses``: a response object with ``usage``; ``"stream": true`` gives
+  Responses API SSE events (``response.created`` … ``response.output_text.delta`` …
+  ``response.completed``, whose ``response.usage`` is the usage).
+- ``POST /v1/embeddings``: a list of embeddings, ``usage`` with ``prompt_tokens`` only.
+- ``POST /v1/images/generations``: one tiny base64 image, gpt-image-1 ``usage``.
 - ``POST /v1/audio/speech``: deterministic binary audio (:func:`audio_bytes`), chunked.
 - ``POST /v1/files``: multipart upload read as a stream; ``bytes`` is the exact size
   of the file part (its sha256 is in the ``x-test-file-sha256`` response header).
@@ -33,6 +38,10 @@ Knobs sent as request headers (work through the relay, which forwards headers):
 ``x_test_chunk_interval_ms``, for browsers), ``x-test-delay-ms`` (delay before the
 response headers of any endpoint), ``x-test-audio-bytes`` (speech size; also the
 JSON body field ``x_test_bytes``).
+
+Usage numbers are deterministic from the request (its body size and ``x-test-chunks``)
+and differ between requests; :meth:`FakeOpenAI.reported_usage` gives what was reported
+for a response's ``x-request-id``, so tests can check metering exactly.
 
 Every response carries ``x-request-id`` and ``openai-processing-ms``. Paths are
 recorded and routed as received (not percent-decoded).
@@ -404,6 +413,8 @@ class _Request:
         self.complete = False
         self.multipart: StreamingMultipartParser | None = None
         self.multipart_error: str | None = None
+        #: The x-request-id this request's response carries.
+        self.request_id = _gen_id("req_")
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -479,7 +490,7 @@ class _Connection:
         names = {k for k, _ in extra}
         base: JSONHeaders = [(b"date", _http_date())]
         if b"x-request-id" not in names:
-            base.append((b"x-request-id", _gen_id("req_").encode()))
+            base.append((b"x-request-id", self.req.request_id.encode()))
         base.append((b"openai-processing-ms", str(ms).encode()))
         base.append((b"openai-version", b"2020-10-01"))
         return base + extra
@@ -667,12 +678,21 @@ def _words(n: int) -> list[str]:
     return [base[i] if i < len(base) else f" w{i}" for i in range(n)]
 
 
-def _usage_chat(n: int) -> dict[str, Any]:
+def _tokens(c: _Connection, req: _Request, n: int) -> tuple[int, int]:
+    """The (input, output) tokens this request is charged, recorded for the tests:
+    deterministic from the request, different for different bodies."""
+    tokens = 3 + req.body_size // 4, n + req.body_size % 7
+    c.app.report(req.request_id, tokens)
+    return tokens
+
+
+def _usage_chat(tokens: tuple[int, int]) -> dict[str, Any]:
+    prompt, completion = tokens
     return {
-        "prompt_tokens": 9,
-        "completion_tokens": n,
-        "total_tokens": 9 + n,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 1, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -682,13 +702,14 @@ def _usage_chat(n: int) -> dict[str, Any]:
     }
 
 
-def _usage_responses(n: int) -> dict[str, Any]:
+def _usage_responses(tokens: tuple[int, int]) -> dict[str, Any]:
+    input_tokens, output_tokens = tokens
     return {
-        "input_tokens": 9,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": n,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": 9 + n,
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 1},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 2},
+        "total_tokens": input_tokens + output_tokens,
     }
 
 
@@ -706,6 +727,7 @@ async def h_chat(c: _Connection, req: _Request) -> None:
     created = int(time.time())
     n = _int_arg(req.header("x-test-chunks"), DEFAULT_CHUNKS, 1, 100_000)
     words = _words(n)
+    tokens = _tokens(c, req, n)
     if not body.get("stream"):
         await c.respond_json(
             200,
@@ -727,7 +749,7 @@ async def h_chat(c: _Connection, req: _Request) -> None:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": _usage_chat(n),
+                "usage": _usage_chat(tokens),
                 "service_tier": "default",
                 "system_fingerprint": "fp_fake",
             },
@@ -762,14 +784,15 @@ async def h_chat(c: _Connection, req: _Request) -> None:
     if include_usage:
         final = chunk({}, None)
         final["choices"] = []
-        final["usage"] = _usage_chat(n)
+        final["usage"] = _usage_chat(tokens)
         await c.send(_sse(final))
     await c.send(b"data: [DONE]\n\n")
     await c.end_stream()
 
 
 def _response_obj(
-    rid: str, model: str, created: int, status: str, text: str | None, n: int
+    rid: str, model: str, created: int, status: str, text: str | None,
+    tokens: tuple[int, int],
 ) -> dict[str, Any]:
     output: list[dict[str, Any]] = []
     if text is not None:
@@ -807,7 +830,7 @@ def _response_obj(
         "tools": [],
         "top_p": 1.0,
         "truncation": "disabled",
-        "usage": _usage_responses(n) if status == "completed" else None,
+        "usage": _usage_responses(tokens) if status == "completed" else None,
         "user": None,
         "metadata": {},
     }
@@ -824,8 +847,9 @@ async def h_responses(c: _Connection, req: _Request) -> None:
     n = _int_arg(req.header("x-test-chunks"), DEFAULT_CHUNKS, 1, 100_000)
     words = _words(n)
     text = "".join(words)
+    tokens = _tokens(c, req, n)
     if not body.get("stream"):
-        await c.respond_json(200, _response_obj(rid, model, created, "completed", text, n))
+        await c.respond_json(200, _response_obj(rid, model, created, "completed", text, tokens))
         return
     interval = _chunk_interval(req)
     seq = 0
@@ -836,7 +860,7 @@ async def h_responses(c: _Connection, req: _Request) -> None:
         await c.send(_sse({"type": etype, "sequence_number": seq, **payload}, event=etype))
         seq += 1
 
-    in_progress = _response_obj(rid, model, created, "in_progress", None, n)
+    in_progress = _response_obj(rid, model, created, "in_progress", None, tokens)
     await c.start_stream(200, _SSE_HEADERS)
     await emit("response.created", {"response": in_progress})
     await emit("response.in_progress", {"response": in_progress})
@@ -854,9 +878,51 @@ async def h_responses(c: _Connection, req: _Request) -> None:
     await emit("response.content_part.done", {**loc, "part": part})
     done_item = {**item, "status": "completed", "content": [part]}
     await emit("response.output_item.done", {"output_index": 0, "item": done_item})
-    final = _response_obj(rid, model, created, "completed", text, n)
+    final = _response_obj(rid, model, created, "completed", text, tokens)
     await emit("response.completed", {"response": final})
     await c.end_stream()
+
+
+async def h_embeddings(c: _Connection, req: _Request) -> None:
+    body = req.json()
+    if body is None:
+        await _bad_json(c)
+        return
+    raw = body.get("input")
+    inputs = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
+    dims = _int_arg(str(body.get("dimensions") or ""), 8, 1, 4096)
+    prompt = 3 + req.body_size // 4  # embeddings have no output tokens
+    c.app.report(req.request_id, (prompt, 0))
+    data = [
+        {"object": "embedding", "index": i,
+         "embedding": [round(((i + 1) * (k + 3) % 17) / 17 - 0.5, 6) for k in range(dims)]}
+        for i in range(len(inputs))
+    ]
+    await c.respond_json(200, {
+        "object": "list", "data": data,
+        "model": str(body.get("model") or "text-embedding-3-small"),
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    })
+
+
+# A 1x1 transparent PNG.
+_PNG_B64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+
+async def h_images(c: _Connection, req: _Request) -> None:
+    body = req.json()
+    if body is None:
+        await _bad_json(c)
+        return
+    text, image = _tokens(c, req, 272)
+    await c.respond_json(200, {
+        "created": int(time.time()),
+        "data": [{"b64_json": _PNG_B64}],
+        "usage": {"total_tokens": text + image, "input_tokens": text, "output_tokens": image,
+                  "input_tokens_details": {"text_tokens": text, "image_tokens": 0}},
+    })
 
 
 _AUDIO_TYPES = {
@@ -1050,6 +1116,8 @@ _EXACT: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("POST", "/v1/chat/completions"): (h_chat, True),
     ("POST", "/v1/responses"): (h_responses, True),
     ("POST", "/v1/audio/speech"): (h_speech, True),
+    ("POST", "/v1/embeddings"): (h_embeddings, True),
+    ("POST", "/v1/images/generations"): (h_images, True),
     ("POST", "/v1/files"): (h_files, False),
     ("GET", "/v1/models"): (h_models, False),
 }
@@ -1073,7 +1141,17 @@ class _App:
         self.errors: list[str] = []
         self.request_count = 0
         self._records: list[RecordedRequest] = []
+        self._reported: dict[str, tuple[int, int]] = {}
         self._cond = threading.Condition()
+
+    def report(self, request_id: str, tokens: tuple[int, int]) -> None:
+        if self.recording:
+            with self._cond:
+                self._reported[request_id] = tokens
+
+    def reported(self, request_id: str) -> tuple[int, int] | None:
+        with self._cond:
+            return self._reported.get(request_id)
 
     def route(self, req: _Request) -> tuple[Handler, bool]:
         hit = _EXACT.get(("GET" if req.method == "HEAD" else req.method, req.path))
@@ -1101,6 +1179,7 @@ class _App:
     def clear(self) -> None:
         with self._cond:
             self._records.clear()
+            self._reported.clear()
             self.errors.clear()
 
     def wait(self, n: int, timeout: float) -> list[RecordedRequest]:
@@ -1251,6 +1330,10 @@ class FakeOpenAI:
 
     def clear(self) -> None:
         self._app.clear()
+
+    def reported_usage(self, request_id: str) -> tuple[int, int] | None:
+        """The (input, output) tokens the response with this x-request-id reported."""
+        return self._app.reported(request_id)
 
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[RecordedRequest]:
         """Block until at least ``n`` requests are recorded; returns them all."""

@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 KUSTOMIZE_DIRS = {
     "base": REPO / "deploy/kubernetes/base",
     "example": REPO / "deploy/kubernetes/overlays/example",
+    # The example plus the shared Redis component (AUTHZ_REDIS_URL).
+    "redis": REPO / "deploy/kubernetes/overlays/redis",
 }
 
 __all__ = ["KUSTOMIZE_DIRS", "REPO", "find", "kubectl", "kustomize", "pod_containers",

@@ -4,9 +4,12 @@ configured from the one template in envoy/, on free loopback ports.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +64,9 @@ class RelayStack:
     stream_idle_timeout_s: float = 300.0
     #: Wait for authz to report SERVING (ready), not just to answer health checks.
     wait_ready: bool = True
+    #: Applied to the rendered Envoy config before Envoy starts (test-only additions,
+    #: e.g. a filter standing in for metadata another part of the relay sets).
+    envoy_config_transform: Callable[[str], str] | None = None
     authz_port: int = field(default_factory=free_port)
     envoy_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
@@ -111,7 +117,7 @@ class RelayStack:
 
     def start_envoy(self) -> None:
         config = self.work_dir / "envoy.yaml"
-        config.write_text(
+        text = (
             render(
                 EnvoyParams(
                     listen_host="127.0.0.1",
@@ -129,6 +135,9 @@ class RelayStack:
                 )
             )
         )
+        if self.envoy_config_transform is not None:
+            text = self.envoy_config_transform(text)
+        config.write_text(text)
         self.envoy = ManagedProcess(
             [
                 envoy_binary(),
@@ -157,6 +166,30 @@ class RelayStack:
         for process in (self.envoy, self.authz):
             if process is not None:
                 process.stop()
+
+    def access_log(self) -> list[dict[str, object]]:
+        """Envoy's JSON access log lines so far (its stdout shares envoy.log)."""
+        if self.envoy is None:
+            return []
+        lines = []
+        for line in self.envoy.log_text().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    lines.append(json.loads(line))
+        return lines
+
+    def access_log_entry(self, openai_request_id: str,
+                         timeout: float = 10.0) -> dict[str, object]:
+        """The access log line of the response with this x-request-id; waits for Envoy
+        to write it (at stream end, flushed about once a second)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for entry in self.access_log():
+                if entry.get("openai_request_id") == openai_request_id:
+                    return entry
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no access log line for {openai_request_id}")
+            time.sleep(0.05)  # log poll interval
 
     def logs(self) -> Mapping[str, str]:
         return {

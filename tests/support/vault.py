@@ -163,9 +163,13 @@ class BaoDevServer:
         mount: str = "secret",
         path_template: str = DEFAULT_PATH_TEMPLATE,
         extra: dict[str, Any] | None = None,
+        policy: Any = None,
     ) -> None:
-        """Write the tenant's secret (a new KV v2 version) with ``api_key`` and the optionals."""
+        """Write the tenant's secret (a new KV v2 version) with ``api_key`` and the optionals
+        (``policy``: a governance policy, as a JSON object or a string holding one)."""
         data: dict[str, Any] = {"api_key": api_key}
+        if policy is not None:
+            data["policy"] = policy
         if organization is not None:
             data["organization"] = organization
         if project is not None:

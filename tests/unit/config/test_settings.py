@@ -123,3 +123,17 @@ def test_no_module_but_the_settings_environment_reads_it():
         if any(word in path.read_text() for word in ("os.environ", "getenv("))
     )
     assert readers == ["config/env.py"]
+
+
+def test_default_policy_is_validated_at_start_naming_the_variable():
+    from authz.errors import ConfigError
+    from authz.governance.policy import Policy, parse_policy
+    from authz.settings import parse_default_policy
+
+    assert parse_default_policy("") == Policy()
+    assert parse_default_policy('{"endpoints": "inference"}') == parse_policy(
+        {"endpoints": "inference"})
+    with pytest.raises(ConfigError) as error:
+        parse_default_policy('{"endpoints": "inference", "limit": {}}')
+    assert "AUTHZ_DEFAULT_POLICY" in str(error.value)
+    assert "'limit'" in str(error.value)

@@ -17,6 +17,9 @@ def test_every_authz_series_in_the_dashboard_exists():
                                              lambda: [("vault", 0.0)], lambda: 0.0))
     metrics.count("allowed", "firebase", 0.001)
     metrics.count_tenant("acme")
+    metrics.metered("acme", 3, 4)
+    metrics.limit_rejected("user_requests_per_minute")
+    metrics.store_fallback()
     exposed = {line.split("{")[0].split(" ")[0]
                for line in generate_latest(metrics.registry).decode().splitlines()
                if line and not line.startswith("#")}

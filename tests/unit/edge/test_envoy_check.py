@@ -59,3 +59,83 @@ def test_encodings_are_reused():
     decision = Allow("acme", "firebase", (("authorization", "Bearer sk-acme"),), ())
     assert encoder.encode(decision) is encoder.encode(
         Allow("acme", "firebase", (("authorization", "Bearer sk-acme"),), ()))
+
+
+def test_check_input_reads_method_path_body_and_the_partial_flag():
+    from authz.edge.envoy_check import check_input
+
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.method, http.path = "POST", "/api/openai/v1/chat/completions?x=1"
+    http.headers["authorization"] = "Bearer t"
+    http.raw_body = b'{"model": "m", "x": "\xff"}'
+    parsed = check_input(external_auth_pb2.CheckRequest.FromString(request.SerializeToString()))
+    assert (parsed.method, parsed.path) == ("POST", "/api/openai/v1/chat/completions?x=1")
+    assert parsed.body == b'{"model": "m", "x": "\xff"}'
+    assert not parsed.body_partial
+    http.ClearField("raw_body")
+    http.body = '{"model": "é"}'
+    http.headers["x-envoy-auth-partial-body"] = "true"
+    parsed = check_input(request)
+    assert parsed.body == '{"model": "é"}'.encode()
+    # A short body is not cut, whatever a client-sent header claims.
+    assert not parsed.body_partial
+    http.ClearField("body")
+    http.raw_body = b"x" * (16 * 1024 * 1024)
+    assert check_input(request).body_partial
+    del http.headers["x-envoy-auth-partial-body"]
+    assert not check_input(request).body_partial
+    http.ClearField("raw_body")
+    assert check_input(request).body is None
+
+
+def test_governance_denials_carry_their_status_body_and_retry_after():
+    from authz.errors import (
+        BadRequest,
+        EndpointNotAllowed,
+        ModelNotAllowed,
+        RateLimitExceeded,
+        TokenBudgetExhausted,
+    )
+
+    encoder = ResponseEncoder()
+    for error, status, body, retry in (
+        (BadRequest(), 400, {"error": "Bad request"}, None),
+        (EndpointNotAllowed(), 403, {"error": "Endpoint not allowed"}, None),
+        (ModelNotAllowed(), 403, {"error": "Model not allowed"}, None),
+        (RateLimitExceeded("user_requests_per_minute", 17), 429,
+         {"error": "Rate limit exceeded", "details": "user_requests_per_minute"}, "17"),
+        (TokenBudgetExhausted("tenant_tokens_per_day", 3600), 429,
+         {"error": "Token budget exhausted", "details": "tenant_tokens_per_day"}, "3600"),
+    ):
+        response = external_auth_pb2.CheckResponse.FromString(encoder.encode(Deny(error)))
+        assert response.status.code == 7  # PERMISSION_DENIED
+        denied = response.denied_response
+        assert denied.status.code == status
+        assert json.loads(denied.body) == body
+        headers = {h.header.key: h.header.value for h in denied.headers}
+        assert headers["content-type"] == "application/json"
+        assert headers.get("retry-after") == retry
+    # Another Retry-After is another encoding, not a stale cached one.
+    response = external_auth_pb2.CheckResponse.FromString(
+        encoder.encode(Deny(RateLimitExceeded("user_requests_per_minute", 5))))
+    assert {h.header.key: h.header.value for h in response.denied_response.headers}[
+        "retry-after"] == "5"
+
+
+def test_allow_metadata_carries_user_lease_reservation_and_injection():
+    encoder = ResponseEncoder()
+    plain = Allow("acme", "firebase", (), (), user="u1")
+    metadata = external_auth_pb2.CheckResponse.FromString(encoder.encode(plain)).dynamic_metadata
+    assert dict(metadata) == {"client_id": "acme", "token_type": "firebase", "user": "u1"}
+    governed = Allow("acme", "client_key", (), (), user="ck_1", lease="L1",
+                     reserved_tokens=1200, inject_usage=True)
+    metadata = external_auth_pb2.CheckResponse.FromString(
+        encoder.encode(governed)).dynamic_metadata
+    assert metadata["lease"] == "L1"
+    assert metadata["reserved_tokens"] == 1200
+    assert metadata["inject_usage"] == "1"
+    assert metadata["user"] == "ck_1"
+    # Leases are per request: never cached; plain decisions are.
+    assert governed not in encoder._allow
+    assert plain in encoder._allow

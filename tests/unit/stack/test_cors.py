@@ -116,7 +116,8 @@ def test_without_origins_nothing_cors_is_rendered() -> None:
     assert "typed_per_filter_config" not in vhost
     assert "response_headers_to_add" not in vhost
     assert [r["name"] for r in vhost["routes"]] == [
-        "responses", "responses_slash", "openai", "not_found"]
+        "responses", "responses_slash", "openai_multipart", "openai_octet_stream", "openai",
+        "not_found"]
 
 
 def test_cors_filter_runs_before_ext_authz() -> None:
@@ -143,8 +144,8 @@ def test_each_origin_has_a_preflight_route_first_and_a_not_found_route_last() ->
     origins = ("http://127.0.0.1:5173", "https://app.example.com")
     routes = _vhost(_config(origins))["routes"]
     assert [r["name"] for r in routes] == [
-        "cors_preflight_0", "cors_preflight_1", "responses", "responses_slash", "openai",
-        "cors_not_found_0", "cors_not_found_1", "not_found"]
+        "cors_preflight_0", "cors_preflight_1", "responses", "responses_slash",
+        "openai_multipart", "openai_octet_stream", "openai", "cors_not_found_0", "cors_not_found_1", "not_found"]
     for index, origin in enumerate(origins):
         preflight = routes[index]
         assert preflight["match"]["prefix"] == "/"

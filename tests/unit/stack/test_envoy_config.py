@@ -346,10 +346,20 @@ def test_routes_and_hardening_present() -> None:
     ]:
         assert needle in text, needle
     assert "envoy.filters.http.buffer" not in text
-    assert "with_request_body" not in text
-    # authz is sent the credential only; Envoy strips the fixed header names itself.
+    # Governance reads bodies up to 16 MiB (cut and flagged beyond, never refused), except
+    # multipart uploads, whose route turns body buffering off so they keep streaming.
+    for needle in ("with_request_body:", "max_request_bytes: 16777216",
+                   "allow_partial_message: true", "pack_as_bytes: true",
+                   "string_match: { prefix: multipart/, ignore_case: true }",
+                   "string_match: { prefix: application/octet-stream, ignore_case: true }",
+                   "check_settings: { disable_request_body_buffering: true }"):
+        assert needle in text, needle
+    assert text.index("name: openai_multipart") < text.index("name: openai\n")
+    # authz is sent the credential and what governance reads; Envoy strips the fixed
+    # header names itself.
     indent = " " * 16
-    allowed = f"allowed_headers:\n{indent}patterns:\n{indent}- exact: authorization\n"
+    allowed = (f"allowed_headers:\n{indent}patterns:\n{indent}- exact: authorization\n"
+               f"{indent}- exact: content-type\n{indent}- exact: x-envoy-auth-partial-body\n")
     assert allowed in text
     for name in ("cookie", "proxy-authorization", "x-api-key", "x-client-id", "x-tenant-id"):
         assert f"              - {name}\n" in text, name

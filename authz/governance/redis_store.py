@@ -1,0 +1,273 @@
+"""Counters in Redis, shared by every replica (`AUTHZ_REDIS_URL`).
+
+One admitted governed request costs one round trip at most: a Lua script (EVALSHA)
+checks every limit of the request and, only when all pass, counts it, atomically, so two
+replicas can never both take the last slot (sent on a pipelining connection of its own,
+resp.py). Settlements are another script, pipelined in batches (one round trip per
+batch). Keys of one tenant share a hash tag `{client_id}` (a cluster keeps them on one
+shard); usage keys carry the UTC day and expire.
+
+    gov:{c}:inflight          zset  lease|reserved|user -> lease expiry (ms)
+    gov:{c}:held              hash  n:<user> open requests, r:<user> / r reserved tokens
+    gov:{c}:rpm:u:<user>      zset  lease -> admitted at (ms), sliding minute
+    gov:{c}:rpm               zset  the tenant's sliding minute
+    gov:{c}:usage:<day>       hash  requests, input_tokens, output_tokens, total_tokens
+    gov:{c}:users:<day>       hash  <user>\\n<field> -> the same per user
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from authz.governance.counters import (
+    AdmitRequest,
+    Refusal,
+    Settlement,
+    TenantUsage,
+    UserUsage,
+    lease_member,
+)
+from authz.governance.resp import RespConnection, RespError
+
+#: Usage of a day is kept this long (today's and yesterday's are readable).
+USAGE_TTL_S = 2 * 24 * 3600
+_FIELDS = ("requests", "input_tokens", "output_tokens", "total_tokens")
+
+# Releases leases past their expiry (their access-log entry was lost); shared by both
+# scripts. KEYS[1] inflight zset, KEYS[2] held hash; ARGV[1] now (ms).
+_EXPIRE = """
+local function release(member)
+  local s1 = string.find(member, '|', 1, true)
+  local s2 = string.find(member, '|', s1 + 1, true)
+  local tokens = tonumber(string.sub(member, s1 + 1, s2 - 1))
+  local user = string.sub(member, s2 + 1)
+  redis.call('HINCRBY', KEYS[2], 'n:' .. user, -1)
+  if tokens ~= 0 then
+    redis.call('HINCRBY', KEYS[2], 'r:' .. user, -tokens)
+    redis.call('HINCRBY', KEYS[2], 'r', -tokens)
+  end
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, member in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], member)
+  release(member)
+end
+"""
+
+# KEYS: 1 inflight, 2 held, 3 user window, 4 tenant window, 5 usage, 6 users usage.
+# ARGV: 1 now_ms, 2 user, 3 lease, 4 reserve, 5 lease expiry ms, then the limits
+# (-1 = none): 6 user rpm, 7 tenant rpm, 8 user concurrency, 9 user tpd, 10 tenant tpd.
+# Returns {} when admitted, {limit name, retry ms} when refused (nothing counted).
+_ADMIT = _EXPIRE + """
+local now = tonumber(ARGV[1])
+local user = ARGV[2]
+local urpm, trpm = tonumber(ARGV[6]), tonumber(ARGV[7])
+local uconc, utpd, ttpd = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local function window_full(key, limit, name)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 60000)
+  if redis.call('ZCARD', key) >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local retry = 60000
+    if oldest[2] then retry = tonumber(oldest[2]) + 60000 - now end
+    return {name, retry}
+  end
+  return nil
+end
+if urpm >= 0 then
+  local refused = window_full(KEYS[3], urpm, 'user_requests_per_minute')
+  if refused then return refused end
+end
+if trpm >= 0 then
+  local refused = window_full(KEYS[4], trpm, 'tenant_requests_per_minute')
+  if refused then return refused end
+end
+if uconc >= 0 then
+  if tonumber(redis.call('HGET', KEYS[2], 'n:' .. user) or '0') >= uconc then
+    return {'user_concurrent_requests', 0}
+  end
+end
+if utpd >= 0 then
+  local used = tonumber(redis.call('HGET', KEYS[6], user .. '\\ntotal_tokens') or '0')
+  if used + tonumber(redis.call('HGET', KEYS[2], 'r:' .. user) or '0') >= utpd then
+    return {'user_tokens_per_day', 0}
+  end
+end
+if ttpd >= 0 then
+  local used = tonumber(redis.call('HGET', KEYS[5], 'total_tokens') or '0')
+  if used + tonumber(redis.call('HGET', KEYS[2], 'r') or '0') >= ttpd then
+    return {'tenant_tokens_per_day', 0}
+  end
+end
+local lease = ARGV[3]
+if urpm >= 0 then
+  redis.call('ZADD', KEYS[3], now, lease)
+  redis.call('PEXPIRE', KEYS[3], 61000)
+end
+if trpm >= 0 then
+  redis.call('ZADD', KEYS[4], now, lease)
+  redis.call('PEXPIRE', KEYS[4], 61000)
+end
+local reserve = tonumber(ARGV[4])
+local expiry = tonumber(ARGV[5])
+redis.call('ZADD', KEYS[1], expiry, lease .. '|' .. reserve .. '|' .. user)
+redis.call('HINCRBY', KEYS[2], 'n:' .. user, 1)
+if reserve ~= 0 then
+  redis.call('HINCRBY', KEYS[2], 'r:' .. user, reserve)
+  redis.call('HINCRBY', KEYS[2], 'r', reserve)
+end
+local keep = expiry - now + 60000
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PEXPIRE', KEYS[2], keep)
+return {}
+"""
+
+# KEYS: 1 inflight, 2 held, 3 usage, 4 users usage. ARGV: 1 now_ms, 2 lease member
+# ('' = none), 3 user, 4 input, 5 output, 6 usage ttl (s).
+_SETTLE = _EXPIRE + """
+if ARGV[2] ~= '' and redis.call('ZREM', KEYS[1], ARGV[2]) == 1 then
+  release(ARGV[2])
+end
+local input, output = tonumber(ARGV[4]), tonumber(ARGV[5])
+local user = ARGV[3]
+redis.call('HINCRBY', KEYS[3], 'requests', 1)
+redis.call('HINCRBY', KEYS[3], 'input_tokens', input)
+redis.call('HINCRBY', KEYS[3], 'output_tokens', output)
+redis.call('HINCRBY', KEYS[3], 'total_tokens', input + output)
+redis.call('HINCRBY', KEYS[4], user .. '\\nrequests', 1)
+redis.call('HINCRBY', KEYS[4], user .. '\\ninput_tokens', input)
+redis.call('HINCRBY', KEYS[4], user .. '\\noutput_tokens', output)
+redis.call('HINCRBY', KEYS[4], user .. '\\ntotal_tokens', input + output)
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
+return 1
+"""
+
+
+def _keys(client_id: str) -> tuple[str, str]:
+    tag = "{" + client_id + "}"
+    return f"gov:{tag}:inflight", f"gov:{tag}:held"
+
+
+def _usage_keys(client_id: str, day: str) -> tuple[str, str]:
+    tag = "{" + client_id + "}"
+    return f"gov:{tag}:usage:{day}", f"gov:{tag}:users:{day}"
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStore:
+    """Every call may raise redis/OS errors or time out: the limiter falls back."""
+
+    def __init__(self, url: str, *, timeout_s: float = 0.25) -> None:
+        # Short timeouts: a slow Redis must not hold checks (Envoy waits 2 s at most);
+        # the limiter counts locally instead and a probe brings Redis back.
+        # A blocking pool: a burst of checks waits (up to the timeout) for a connection
+        # instead of failing with "too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            health_check_interval=0, max_connections=128, timeout=timeout_s,
+        )
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.timeout_s = timeout_s
+        self._shas = {script: hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+                      for script in (_ADMIT, _SETTLE)}
+        # The check path's own connection (see resp.py for why not redis-py there).
+        self.fast = RespConnection(url, timeout_s=timeout_s)
+
+    async def admit(self, r: AdmitRequest) -> Refusal | None:
+        """One EVALSHA on the check path's own pipelining connection (resp.py)."""
+        command = self._admit_command(r)
+        try:
+            result = await self.fast.call("EVALSHA", self._shas[_ADMIT], *command)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # A restarted (empty) Redis: load the script once, run again (the refused
+            # call did nothing).
+            await self.fast.call("SCRIPT", "LOAD", _ADMIT)
+            result = await self.fast.call("EVALSHA", self._shas[_ADMIT], *command)
+        if not result:
+            return None
+        return Refusal(_text(result[0]), int(result[1]))
+
+    def _admit_command(self, r: AdmitRequest) -> tuple[Any, ...]:
+        inflight, held = _keys(r.client_id)
+        usage, users = _usage_keys(r.client_id, r.day)
+        tag = "{" + r.client_id + "}"
+        limits = r.limits
+        return (6, inflight, held, f"gov:{tag}:rpm:u:{r.user}", f"gov:{tag}:rpm", usage, users,
+                r.now_ms, r.user, r.lease, r.reserve, r.lease_expiry_ms,
+                _limit(limits.user_requests_per_minute),
+                _limit(limits.tenant_requests_per_minute),
+                _limit(limits.user_concurrent_requests),
+                _limit(limits.user_tokens_per_day), _limit(limits.tenant_tokens_per_day))
+
+    async def _evalsha(self, script: str, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """EVALSHA each command in one pipeline; on NOSCRIPT (a restarted Redis) load the
+        script and run the batch again (the scripts refused did nothing)."""
+        sha = self._shas[script]
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command("EVALSHA", sha, *command)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
+                await self.client.script_load(script)
+                if all(isinstance(r, NoScriptError) for r in results):
+                    continue
+                # Some ran (the script was loaded meanwhile): rerun only the others.
+                again = [c for c, r in zip(commands, results, strict=True)
+                         if isinstance(r, NoScriptError)]
+                rerun = iter(await self._evalsha(script, again))
+                return [next(rerun) if isinstance(r, NoScriptError) else r for r in results]
+            return results
+        raise ConnectionError("redis refused the script twice")  # pragma: no cover
+
+    async def settle_many(self, settlements: Sequence[Settlement], now_ms: int = 0) -> None:
+        if not settlements:
+            return
+        commands = []
+        for s in settlements:
+            inflight, held = _keys(s.client_id)
+            usage, users = _usage_keys(s.client_id, s.day)
+            member = lease_member(s.lease, s.reserved, s.user) if s.lease else ""
+            commands.append((4, inflight, held, usage, users, now_ms, member, s.user,
+                             s.input_tokens, s.output_tokens, USAGE_TTL_S))
+        results = await asyncio.wait_for(self._evalsha(_SETTLE, commands), self.timeout_s * 4)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise errors[0]
+
+    async def usage(self, client_id: str, day: str) -> TenantUsage:
+        usage_key, users_key = _usage_keys(client_id, day)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(usage_key)
+        pipe.hgetall(users_key)
+        tenant_raw, users_raw = await pipe.execute()
+        report = TenantUsage()
+        for name in _FIELDS:
+            setattr(report, name, int(tenant_raw.get(name.encode(), 0)))
+        for raw_field, raw_value in users_raw.items():
+            user, _, name = _text(raw_field).rpartition("\n")
+            if name in _FIELDS:
+                setattr(report.users.setdefault(user, UserUsage()), name, int(raw_value))
+        return report
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def close(self) -> None:
+        self.fast.close()
+        await self.client.aclose(close_connection_pool=True)

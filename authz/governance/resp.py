@@ -1,0 +1,163 @@
+"""A minimal pipelining Redis (RESP2) connection for the limiter's check path.
+
+Why not redis-py here: measured on this project's 2-core bench machine, one EVALSHA
+through redis.asyncio costs ~100 µs of client CPU (pool checkout, command packing,
+response parsing layers), this ~25 µs: the difference is a third of a governed check.
+redis-py still does everything off the check path (settlement batches, usage reads,
+the health probe). One TCP connection; requests are written as they come and replies
+matched in order (Redis answers in order), so concurrent checks share the connection
+without a pool. Any failure or a reply slower than the timeout closes the connection
+(every waiting call fails, the limiter falls back) and the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+
+class RespError(Exception):
+    """An error reply (`-ERR ...`, `-NOSCRIPT ...`)."""
+
+
+def encode(args: tuple[Any, ...]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self._buffer = bytearray()
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError("redis connection lost"))
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while self.waiting:
+            parsed = self._parse(0)
+            if parsed is None:
+                return
+            value, end = parsed
+            del self._buffer[:end]
+            future = self.waiting.popleft()
+            if not future.done():  # a caller that timed out is gone
+                if isinstance(value, RespError):
+                    future.set_exception(value)
+                else:
+                    future.set_result(value)
+
+    def _parse(self, pos: int) -> tuple[Any, int] | None:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n", pos)
+        if end < 0:
+            return None
+        kind, line, after = buffer[pos], bytes(buffer[pos + 1:end]), end + 2
+        if kind == 0x2B:  # +
+            return line.decode(), after
+        if kind == 0x2D:  # -
+            return RespError(line.decode(errors="replace")), after
+        if kind == 0x3A:  # :
+            return int(line), after
+        if kind == 0x24:  # $
+            size = int(line)
+            if size < 0:
+                return None, after
+            if len(buffer) < after + size + 2:
+                return None
+            return bytes(buffer[after:after + size]), after + size + 2
+        if kind == 0x2A:  # *
+            count = int(line)
+            items: list[Any] = []
+            for _ in range(max(count, 0)):
+                parsed = self._parse(after)
+                if parsed is None:
+                    return None
+                items.append(parsed[0])
+                after = parsed[1]
+            return (items if count >= 0 else None), after
+        raise ConnectionError(f"unexpected redis reply type {chr(kind)!r}")
+
+    def send(self, payload: bytes) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.waiting.append(future)
+        self.transport.write(payload)
+        return future
+
+
+class RespConnection:
+    def __init__(self, url: str, *, timeout_s: float) -> None:
+        parts = urlsplit(url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 6379
+        self._tls = parts.scheme == "rediss"
+        self._username = unquote(parts.username) if parts.username else None
+        self._password = unquote(parts.password) if parts.password else None
+        path = parts.path.strip("/")
+        self._db = int(path) if path else 0
+        self.timeout_s = timeout_s
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def _connect(self) -> _Protocol:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._protocol is not None and not self._protocol.closed:
+                return self._protocol
+            loop = asyncio.get_running_loop()
+            _, protocol = await asyncio.wait_for(loop.create_connection(
+                _Protocol, self._host, self._port,
+                ssl=ssl.create_default_context() if self._tls else None), self.timeout_s)
+            setup: list[tuple[Any, ...]] = []
+            if self._password is not None:
+                setup.append(("AUTH", self._username, self._password) if self._username
+                             else ("AUTH", self._password))
+            if self._db:
+                setup.append(("SELECT", self._db))
+            for command in setup:
+                await asyncio.wait_for(protocol.send(encode(command)), self.timeout_s)
+            self._protocol = protocol
+            return protocol
+
+    async def call(self, *args: Any) -> Any:
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connect()
+        future = protocol.send(encode(args))
+        timer = asyncio.get_running_loop().call_later(self.timeout_s, self._expire, protocol,
+                                                      future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, protocol: _Protocol, future: asyncio.Future[Any]) -> None:
+        if future.done():
+            return
+        # Replies are matched by order: once one is late, the connection is unusable.
+        future.set_exception(TimeoutError("redis did not answer in time"))
+        if protocol.transport is not None:
+            protocol.transport.abort()
+
+    def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()

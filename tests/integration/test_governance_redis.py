@@ -1,0 +1,238 @@
+"""The limiter over a real redis-server: the same behaviours as in process, replicas
+sharing one Redis, and Redis killed and restarted under load."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+
+import pytest
+
+from authz.edge.metrics import Metrics
+from authz.errors import RateLimitExceeded, TokenBudgetExhausted
+from authz.governance.limiter import GovernanceLimiter
+from authz.governance.model import Admission, CompletedRequest, Limits
+from authz.governance.redis_store import RedisStore
+from tests.support.redis import RedisServer
+
+pytestmark = pytest.mark.integration
+
+NOON = dt.datetime(2026, 12, 4, 12, tzinfo=dt.UTC).timestamp()
+
+
+class Clock:
+    def __init__(self, now: float = NOON) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def done(admission: Admission | None, user: str = "u1", client_id: str = "acme", *,
+         input_tokens: int | None = None, output_tokens: int | None = None,
+         flags: str = "", request_bytes: int = 0) -> CompletedRequest:
+    return CompletedRequest(
+        client_id=client_id, user=user, lease=admission.lease if admission else "",
+        reserved_tokens=admission.reserved_tokens if admission else 0, status=200,
+        response_flags=flags, request_body_bytes=request_bytes, response_body_bytes=0,
+        input_tokens=input_tokens, output_tokens=output_tokens, events=0)
+
+
+def make(redis_server: RedisServer, clock: Clock | None = None, **kwargs) -> GovernanceLimiter:  # type: ignore[no-untyped-def]
+    return GovernanceLimiter(RedisStore(redis_server.url), clock=clock or Clock(),
+                             flush_interval_s=0.01, **kwargs)
+
+
+async def settled(limiter: GovernanceLimiter, deadline_s: float = 2.0) -> None:
+    """Wait until the flusher has applied every queued settlement."""
+    deadline = time.monotonic() + deadline_s
+    while limiter._pending:
+        assert time.monotonic() < deadline, "settlements not flushed"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.02)  # the batch in flight
+
+
+def test_rate_and_concurrency_limits_in_redis(redis_server: RedisServer) -> None:
+    clock = Clock()
+
+    async def scenario() -> None:
+        limiter = make(redis_server, clock)
+        await limiter.start()
+        try:
+            rpm = Limits(user_requests_per_minute=2)
+            await limiter.admit("acme", "u1", rpm, 0)
+            clock.now += 15
+            await limiter.admit("acme", "u1", rpm, 0)
+            with pytest.raises(RateLimitExceeded) as refused:
+                await limiter.admit("acme", "u1", rpm, 0)
+            assert (refused.value.limit_name, refused.value.retry_after_s) == (
+                "user_requests_per_minute", 45)
+            clock.now += 45.001
+            await limiter.admit("acme", "u1", rpm, 0)
+
+            conc = Limits(user_concurrent_requests=1, user_requests_per_minute=2)
+            held = await limiter.admit("acme", "c1", conc, 0)
+            for _ in range(3):  # refused by concurrency: the rpm window is not charged
+                with pytest.raises(RateLimitExceeded) as refused:
+                    await limiter.admit("acme", "c1", conc, 0)
+                assert refused.value.limit_name == "user_concurrent_requests"
+                assert refused.value.retry_after_s == 1
+            await limiter.settle(done(held, "c1", flags="DC"))
+            await settled(limiter)
+            again = await limiter.admit("acme", "c1", conc, 0)
+            await limiter.settle(done(again, "c1"))
+        finally:
+            await limiter.close()
+
+    asyncio.run(scenario())
+
+
+def test_lost_lease_expires_in_redis(redis_server: RedisServer) -> None:
+    clock = Clock()
+
+    async def scenario() -> None:
+        limiter = make(redis_server, clock, lease_ttl_s=60)
+        try:
+            limits = Limits(user_concurrent_requests=1, tenant_tokens_per_day=100)
+            await limiter.admit("acme", "u1", limits, 100)  # never settled
+            with pytest.raises(RateLimitExceeded):
+                await limiter.admit("acme", "u1", limits, 0)
+            with pytest.raises(TokenBudgetExhausted):  # 100 reserved
+                await limiter.admit("acme", "u2", limits, 1)
+            clock.now += 60
+            await limiter.admit("acme", "u1", limits, 0)
+            await limiter.admit("acme", "u2", limits, 1)
+        finally:
+            await limiter.close()
+
+    asyncio.run(scenario())
+
+
+def test_budget_usage_and_day_reset_in_redis(redis_server: RedisServer) -> None:
+    clock = Clock()
+
+    async def scenario() -> None:
+        limiter = make(redis_server, clock)
+        await limiter.start()
+        try:
+            budget = Limits(user_tokens_per_day=100, tenant_tokens_per_day=1000)
+            a = await limiter.admit("acme", "b1", budget, 60)
+            b = await limiter.admit("acme", "b1", budget, 40)
+            with pytest.raises(TokenBudgetExhausted):  # 100 reserved
+                await limiter.admit("acme", "b1", budget, 1)
+            await limiter.settle(done(a, "b1", input_tokens=10, output_tokens=20))
+            await limiter.settle(done(b, "b1", input_tokens=5, output_tokens=5))
+            await settled(limiter)
+            c = await limiter.admit("acme", "b1", budget, 0)  # 40 used
+            await limiter.settle(done(c, "b1", input_tokens=30, output_tokens=30))
+            await settled(limiter)
+            with pytest.raises(TokenBudgetExhausted) as exhausted:  # 100 used
+                await limiter.admit("acme", "b1", budget, 0)
+            assert exhausted.value.limit_name == "user_tokens_per_day"
+            assert exhausted.value.retry_after_s == 12 * 3600
+            # No limits: usage still recorded, per user.
+            await limiter.settle(done(None, "free", "globex", input_tokens=3, output_tokens=4))
+            await settled(limiter)
+            assert await limiter.usage("acme") == {
+                "client_id": "acme", "day": "2026-12-04", "requests": 3,
+                "input_tokens": 45, "output_tokens": 55, "total_tokens": 100,
+                "users": {"b1": {"requests": 3, "input_tokens": 45, "output_tokens": 55,
+                                 "total_tokens": 100}}}
+            assert (await limiter.usage("globex"))["total_tokens"] == 7
+            # A second replica reads the same ledger.
+            other = make(redis_server, clock)
+            assert (await other.usage("acme", "b1"))["requests"] == 3
+            await other.close()
+            clock.now = NOON + 12 * 3600
+            await limiter.admit("acme", "b1", budget, 0)
+            assert (await limiter.usage("acme"))["requests"] == 0
+        finally:
+            await limiter.close()
+
+    asyncio.run(scenario())
+
+
+def test_two_replicas_share_limits_under_concurrent_load(redis_server: RedisServer) -> None:
+    """Two limiters on one Redis, hammering the same user and tenant at once: at most
+    N + 10% + 2 admitted for a limit of N (atomic scripts make it exactly N)."""
+    n = 50
+
+    async def scenario() -> int:
+        replicas = [make(redis_server, clock=time.time) for _ in range(2)]
+        for replica in replicas:
+            await replica.start()
+        admitted = 0
+
+        async def one(replica: GovernanceLimiter, user: str) -> None:
+            nonlocal admitted
+            try:
+                await replica.admit("acme", user, Limits(tenant_requests_per_minute=n,
+                                                         user_requests_per_minute=10_000), 0)
+                admitted += 1
+            except RateLimitExceeded:
+                pass
+
+        await asyncio.gather(*(one(replicas[i % 2], f"u{i % 7}") for i in range(300)))
+        for replica in replicas:
+            assert replica.redis_up
+            await replica.close()
+        return admitted
+
+    admitted = asyncio.run(scenario())
+    assert n <= admitted <= n + n // 10 + 2
+
+
+def test_redis_killed_and_restarted_under_load(redis_server: RedisServer,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    limits = Limits(user_requests_per_minute=1_000_000, user_concurrent_requests=1_000,
+                    tenant_tokens_per_day=10**12)
+
+    async def scenario() -> None:
+        limiter = GovernanceLimiter(RedisStore(redis_server.url, timeout_s=0.2),
+                                    events=metrics, probe_interval_s=0.1,
+                                    flush_interval_s=0.01)
+        await limiter.start()
+        errors: list[BaseException] = []
+
+        async def load(seconds: float) -> int:
+            count = 0
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and count < 5000:
+                try:
+                    admission = await limiter.admit("acme", "u1", limits, 10)
+                    await limiter.settle(done(admission, input_tokens=1, output_tokens=1))
+                    count += 1
+                except Exception as exc:  # a 429 or anything else is a failure here
+                    errors.append(exc)
+                await asyncio.sleep(0)
+            return count
+
+        try:
+            assert await load(0.3) > 0
+            assert limiter.redis_up
+            redis_server.kill()
+            assert await load(0.5) > 0  # keeps admitting on local counting
+            assert not limiter.redis_up
+            assert metrics.redis_up._value.get() == 0
+            redis_server.start()
+            deadline = time.monotonic() + 5
+            while not limiter.redis_up:
+                assert time.monotonic() < deadline, "redis not picked up again"
+                await load(0.1)
+            before = (await limiter.usage("acme"))["requests"]
+            assert await load(0.3) > 0
+            await settled(limiter)
+            after = (await limiter.usage("acme"))["requests"]
+            assert after > before  # counting resumed in Redis
+            assert errors == []
+        finally:
+            await limiter.close()
+
+    with caplog.at_level(logging.WARNING, logger="authz.governance.limiter"):
+        asyncio.run(scenario())
+    down = [r for r in caplog.records if "redis unreachable" in r.getMessage()]
+    assert len(down) == 1  # one line for the outage, not one per request
+    assert metrics.redis_fallbacks._value.get() >= 1
