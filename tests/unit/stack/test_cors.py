@@ -145,7 +145,8 @@ def test_each_origin_has_a_preflight_route_first_and_a_not_found_route_last() ->
     routes = _vhost(_config(origins))["routes"]
     assert [r["name"] for r in routes] == [
         "cors_preflight_0", "cors_preflight_1", "responses", "responses_slash",
-        "openai_multipart", "openai_octet_stream", "openai", "cors_not_found_0", "cors_not_found_1", "not_found"]
+        "openai_multipart", "openai_octet_stream", "openai",
+        "cors_not_found_0", "cors_not_found_1", "not_found"]
     for index, origin in enumerate(origins):
         preflight = routes[index]
         assert preflight["match"]["prefix"] == "/"
@@ -162,7 +163,7 @@ def test_each_origin_has_a_preflight_route_first_and_a_not_found_route_last() ->
         assert per_filter["envoy.filters.http.ext_authz"]["disabled"] is True
         assert per_filter["envoy.filters.http.cors"]["filter_enabled"]["default_value"][
             "numerator"] == 0
-        not_found = routes[5 + index]
+        not_found = next(r for r in routes if r["name"] == f"cors_not_found_{index}")
         assert not_found["direct_response"]["status"] == 404
         assert {h["header"]["key"]: h["header"]["value"]
                 for h in not_found["response_headers_to_add"]}[
