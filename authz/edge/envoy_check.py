@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
-from google.protobuf import struct_pb2
 
 from authz.errors import LimitReached
 from authz.governance.model import (
@@ -70,17 +69,16 @@ def _allow_bytes(decision: Allow) -> bytes:
         option.header.value = value
         option.append_action = _OVERWRITE
     ok.headers_to_remove.extend(decision.remove_headers)
-    values: dict[str, str | float] = {
-        META_CLIENT_ID: decision.client_id, META_TOKEN_TYPE: decision.token_type,
-        META_USER: decision.user}
+    # Fields set one by one: Struct.update() costs several µs per uncached (leased) Allow.
+    fields = response.dynamic_metadata.fields
+    fields[META_CLIENT_ID].string_value = decision.client_id
+    fields[META_TOKEN_TYPE].string_value = decision.token_type
+    fields[META_USER].string_value = decision.user
     if decision.lease:
-        values[META_LEASE] = decision.lease
-        values[META_RESERVED] = decision.reserved_tokens
+        fields[META_LEASE].string_value = decision.lease
+        fields[META_RESERVED].number_value = decision.reserved_tokens
     if decision.inject_usage:
-        values[META_INJECT_USAGE] = "1"
-    metadata = struct_pb2.Struct()
-    metadata.update(values)
-    response.dynamic_metadata.CopyFrom(metadata)
+        fields[META_INJECT_USAGE].string_value = "1"
     return bytes(response.SerializeToString())
 
 
