@@ -32,8 +32,6 @@ _RPC_PERMISSION_DENIED = 7
 _RPC_UNAUTHENTICATED = 16
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _MAX_CACHED = 10_000
-#: envoy.yaml's ext_authz with_request_body.max_request_bytes.
-MAX_CHECK_BODY_BYTES = 16 * 1024 * 1024
 
 
 def request_headers(request: external_auth_pb2.CheckRequest) -> Mapping[str, str]:
@@ -50,12 +48,12 @@ def check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     if not body:
         text = http.body
         body = text.encode("utf-8") if text else None
-    # Envoy flags a body it cut at max_request_bytes. A client can send the same header
-    # itself (it is only stripped later, on the way upstream), so the flag counts only
-    # on a body that really is that long: a short body claiming to be cut must not skip
-    # the usage injection (metering) it would otherwise get.
-    partial = (body is not None and len(body) >= MAX_CHECK_BODY_BYTES
-               and headers.get(PARTIAL_BODY_HEADER, "").lower() == "true")
+    # Envoy flags a body it trimmed to max_request_bytes. Under flow control it may also
+    # ask before the body is all there, unflagged: then the request's size (its
+    # Content-Length, -1 when unknown) tells. A client's own copy of the header is
+    # removed before ext_authz runs (envoy.yaml), so the flag is Envoy's.
+    partial = body is not None and (
+        headers.get(PARTIAL_BODY_HEADER, "").lower() == "true" or http.size > len(body))
     return CheckInput(http.method, http.path, headers, body, partial)
 
 
