@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
-from google.protobuf import struct_pb2
 
 from authz.errors import LimitReached
 from authz.governance.model import (
@@ -33,8 +32,6 @@ _RPC_PERMISSION_DENIED = 7
 _RPC_UNAUTHENTICATED = 16
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _MAX_CACHED = 10_000
-#: envoy.yaml's ext_authz with_request_body.max_request_bytes.
-MAX_CHECK_BODY_BYTES = 16 * 1024 * 1024
 
 
 def request_headers(request: external_auth_pb2.CheckRequest) -> Mapping[str, str]:
@@ -51,12 +48,12 @@ def check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
     if not body:
         text = http.body
         body = text.encode("utf-8") if text else None
-    # Envoy flags a body it cut at max_request_bytes. A client can send the same header
-    # itself (it is only stripped later, on the way upstream), so the flag counts only
-    # on a body that really is that long: a short body claiming to be cut must not skip
-    # the usage injection (metering) it would otherwise get.
-    partial = (body is not None and len(body) >= MAX_CHECK_BODY_BYTES
-               and headers.get(PARTIAL_BODY_HEADER, "").lower() == "true")
+    # Envoy flags a body it trimmed to max_request_bytes. Under flow control it may also
+    # ask before the body is all there, unflagged: then the request's size (its
+    # Content-Length, -1 when unknown) tells. A client's own copy of the header is
+    # removed before ext_authz runs (envoy.yaml), so the flag is Envoy's.
+    partial = body is not None and (
+        headers.get(PARTIAL_BODY_HEADER, "").lower() == "true" or http.size > len(body))
     return CheckInput(http.method, http.path, headers, body, partial)
 
 
@@ -70,17 +67,16 @@ def _allow_bytes(decision: Allow) -> bytes:
         option.header.value = value
         option.append_action = _OVERWRITE
     ok.headers_to_remove.extend(decision.remove_headers)
-    values: dict[str, str | float] = {
-        META_CLIENT_ID: decision.client_id, META_TOKEN_TYPE: decision.token_type,
-        META_USER: decision.user}
+    # Fields set one by one: Struct.update() costs several µs per uncached (leased) Allow.
+    fields = response.dynamic_metadata.fields
+    fields[META_CLIENT_ID].string_value = decision.client_id
+    fields[META_TOKEN_TYPE].string_value = decision.token_type
+    fields[META_USER].string_value = decision.user
     if decision.lease:
-        values[META_LEASE] = decision.lease
-        values[META_RESERVED] = decision.reserved_tokens
+        fields[META_LEASE].string_value = decision.lease
+        fields[META_RESERVED].number_value = decision.reserved_tokens
     if decision.inject_usage:
-        values[META_INJECT_USAGE] = "1"
-    metadata = struct_pb2.Struct()
-    metadata.update(values)
-    response.dynamic_metadata.CopyFrom(metadata)
+        fields[META_INJECT_USAGE].string_value = "1"
     return bytes(response.SerializeToString())
 
 

@@ -43,6 +43,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Built once: json.loads with any option builds a new decoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_DUPLICATE_AWARE_DECODER = json.JSONDecoder(object_pairs_hook=_object,
+                                            parse_constant=_no_constant)
+
+
 class Body:
     """One request body, parsed lazily and at most once."""
 
@@ -61,9 +67,14 @@ class Body:
         """The parsed body; BadRequest when it is not JSON."""
         if self._parsed is _NOT_PARSED:
             try:
-                text = (self.raw or b"").decode("utf-8")
-                self._parsed = json.loads(text, object_pairs_hook=_object,
-                                          parse_constant=_no_constant)
+                raw = self.raw or b""
+                text = raw.decode("utf-8")
+                if raw.count(b'"model"') <= 1 and b"\\u" not in raw:
+                    # `model` cannot be named twice (only \\u escapes could spell it
+                    # another way): the plain parser, without a Python call per object.
+                    self._parsed = _DECODER.decode(text)
+                else:
+                    self._parsed = _DUPLICATE_AWARE_DECODER.decode(text)
             except (ValueError, RecursionError):
                 self._parsed = _NOT_JSON
         if self._parsed is _NOT_JSON:

@@ -138,17 +138,21 @@ class Authorizer:
         self._identities = identity_cache
         self._default_policy = default_policy
         self._limiter = limiter
-        # One EffectivePolicy per (tenant policy, key policy) pair: built once, reused.
-        self._effective: dict[tuple[Policy, Policy | None], EffectivePolicy] = {}
+        # One EffectivePolicy per (tenant policy, key policy) pair of objects, built once.
+        # Keyed by identity (hashing a Policy walks all its rules); each entry holds the
+        # policies themselves, so their ids cannot be reused while it exists.
+        self._effective: dict[tuple[int, int],
+                              tuple[Policy, Policy | None, EffectivePolicy]] = {}
         self._default_effective = EffectivePolicy.of(default_policy)
 
     def _effective_policy(self, tenant: Policy, key: Policy | None) -> EffectivePolicy:
-        effective = self._effective.get((tenant, key))
-        if effective is None:
+        entry = self._effective.get((id(tenant), id(key)))
+        if entry is None or entry[0] is not tenant or entry[1] is not key:
             if len(self._effective) >= 10_000:
                 self._effective.clear()
-            effective = self._effective[(tenant, key)] = EffectivePolicy.of(tenant, key)
-        return effective
+            entry = (tenant, key, EffectivePolicy.of(tenant, key))
+            self._effective[(id(tenant), id(key))] = entry
+        return entry[2]
 
     async def check(self, request: CheckInput) -> Decision:
         headers = request.headers
@@ -178,16 +182,18 @@ class Authorizer:
             if policy.governs_models:
                 check_model(policy, body, multipart=_is_upload(headers))
             user = user_of(identity.subject)
+            if request.body and might_need_usage_injection(request.method, body):
+                if path is None:
+                    path = openai_path(request.path)
+                inject_usage = needs_usage_injection(request.method, path, body)
+            # Last: once admitted, the request holds a slot and a reservation that only
+            # its end (Envoy's access log) releases, so nothing may fail after this.
             if policy.has_limits and self._limiter is not None:
                 if path is None:
                     path = openai_path(request.path)
                 admission = await self._limiter.admit(
                     identity.client_id, user, policy.limits, estimate_tokens(path, body))
                 lease, reserved = admission.lease, admission.reserved_tokens
-            if request.body and might_need_usage_injection(request.method, body):
-                if path is None:
-                    path = openai_path(request.path)
-                inject_usage = needs_usage_injection(request.method, path, body)
         except RelayError as error:
             return Deny(error, token_type)
         except Exception:

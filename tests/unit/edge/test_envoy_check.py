@@ -78,14 +78,16 @@ def test_check_input_reads_method_path_body_and_the_partial_flag():
     http.headers["x-envoy-auth-partial-body"] = "true"
     parsed = check_input(request)
     assert parsed.body == '{"model": "é"}'.encode()
-    # A short body is not cut, whatever a client-sent header claims.
-    assert not parsed.body_partial
-    http.ClearField("body")
-    http.raw_body = b"x" * (16 * 1024 * 1024)
-    assert check_input(request).body_partial
+    assert parsed.body_partial
     del http.headers["x-envoy-auth-partial-body"]
     assert not check_input(request).body_partial
-    http.ClearField("raw_body")
+    http.size = 10_000  # Content-Length: more than Envoy sent, so it is a part
+    assert check_input(request).body_partial
+    http.size = -1  # unknown (chunked)
+    assert not check_input(request).body_partial
+    http.ClearField("body")
+    http.headers["x-envoy-auth-partial-body"] = "true"
+    assert not check_input(request).body_partial  # no body: nothing was cut
     assert check_input(request).body is None
 
 

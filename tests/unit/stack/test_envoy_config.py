@@ -355,6 +355,9 @@ def test_routes_and_hardening_present() -> None:
                    "check_settings: { disable_request_body_buffering: true }"):
         assert needle in text, needle
     assert text.index("name: openai_multipart") < text.index("name: openai\n")
+    # A client cannot claim its body was cut: its copy of the flag goes before ext_authz.
+    assert (text.index("remove: x-envoy-auth-partial-body")
+            < text.index("- name: envoy.filters.http.ext_authz"))
     # authz is sent the credential and what governance reads; Envoy strips the fixed
     # header names itself.
     indent = " " * 16
