@@ -99,6 +99,11 @@ class Settings:
     oidc_issuers: tuple[OidcIssuer, ...] = ()
     client_keys: str = "auto"
     client_key_cache_ttl_s: float = 30.0
+    # How long past its TTL a client key's index record may be served while Vault fails
+    # (a revocation made meanwhile is unseen that long): short, unlike tenant keys.
+    client_key_stale_if_error_s: float = 60.0
+    # How long a verified identity is reused at most before the token is verified again.
+    identity_cache_ttl_s: float = 300.0
     client_key_index_path: str = "openai/client-keys"
     client_key_pepper: str = "vault:openai/relay/client-key-pepper"
 

@@ -5,6 +5,8 @@
 | AUTHZ_OIDC_ISSUERS | none | JSON list (or a file path) of OIDC issuers, see oidc.py |
 | AUTHZ_CLIENT_KEYS | auto | relay-issued `rk_` keys: on, off, or auto (= on) |
 | AUTHZ_CLIENT_KEY_CACHE_TTL | 30s | a key's index entry is re-read after this: revocation delay |
+| AUTHZ_CLIENT_KEY_STALE_IF_ERROR | 60s | index entry served this long past its TTL if Vault fails |
+| AUTHZ_IDENTITY_CACHE_TTL | 5m | a verified token is verified again after this (or at its exp) |
 | AUTHZ_CLIENT_KEY_INDEX_PATH | openai/client-keys | Vault path of the hash → key index |
 | AUTHZ_CLIENT_KEY_PEPPER | vault:openai/relay/client-key-pepper | or file:/path |
 | AUTHZ_FIREBASE_CHECK_REVOKED | false | refuse disabled, deleted and revoked users |
@@ -72,6 +74,10 @@ def from_env(get: Callable[..., str],
         "client_keys": client_keys,
         "client_key_cache_ttl_s": parse_duration(
             "AUTHZ_CLIENT_KEY_CACHE_TTL", get("AUTHZ_CLIENT_KEY_CACHE_TTL") or "30s"),
+        "client_key_stale_if_error_s": parse_duration(
+            "AUTHZ_CLIENT_KEY_STALE_IF_ERROR", get("AUTHZ_CLIENT_KEY_STALE_IF_ERROR") or "60s"),
+        "identity_cache_ttl_s": parse_duration(
+            "AUTHZ_IDENTITY_CACHE_TTL", get("AUTHZ_IDENTITY_CACHE_TTL") or "5m"),
         "client_key_index_path": get("AUTHZ_CLIENT_KEY_INDEX_PATH") or DEFAULT_INDEX_PATH,
         "client_key_pepper": get("AUTHZ_CLIENT_KEY_PEPPER") or DEFAULT_PEPPER,
     }
@@ -95,6 +101,10 @@ def validate(settings: Settings) -> None:
                                   "AUTHZ_FIREBASE_PROJECT_ID, not as an OIDC issuer")
     if not 0 < settings.client_key_cache_ttl_s <= 3600:
         raise ConfigError("AUTHZ_CLIENT_KEY_CACHE_TTL must be between 1ms and 1h")
+    if not 0 <= settings.client_key_stale_if_error_s <= 3600:
+        raise ConfigError("AUTHZ_CLIENT_KEY_STALE_IF_ERROR must be between 0 and 1h")
+    if not 0 < settings.identity_cache_ttl_s <= 3600:
+        raise ConfigError("AUTHZ_IDENTITY_CACHE_TTL must be between 1ms and 1h")
     if not 0 < settings.firebase_user_cache_ttl_s <= 3600:
         raise ConfigError("AUTHZ_FIREBASE_USER_CACHE_TTL must be between 1ms and 1h")
     if not _VAULT_SEGMENTS.match(settings.client_key_index_path):

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from authz.errors import VaultUnavailable
+from authz.errors import TenantRecordInvalid, VaultUnavailable
 from authz.tenants.client_id import validate_client_id
 from authz.tenants.client_key_store import VaultClientKeyStore
 from authz.tenants.vault import TenantKey, VaultTenantStore, mask
@@ -123,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
     except VaultUnavailable as exc:
         return _fail(f"Vault at {os.environ.get('VAULT_ADDR')} failed: {exc.log_detail}",
                      EXIT_VAULT)
+    except TenantRecordInvalid as exc:  # names the field, never the value
+        return _fail(f"{exc.log_detail}: put a clean value", EXIT_VAULT)
+    except ValueError as exc:  # a value that cannot become a header: refused, not stored
+        return _fail(str(exc), EXIT_USAGE)
     print(json.dumps(result) if args.json else text)
     return EXIT_OK
 

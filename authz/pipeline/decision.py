@@ -93,13 +93,12 @@ class Authorizer:
             digest = IdentityCache.digest(token)
             identity = self._identities.get(digest)
             if identity is None:
-                token_type = self._verifier.token_type_of(token)
                 identity = await self._verifier.verify(token)
                 self._identities.put(digest, identity)
             token_type = identity.token_type
             key = await self._keys.get(identity.client_id)
         except RelayError as error:
-            return Deny(error, token_type)
+            return Deny(error, error.token_type or token_type)
         except Exception:
             # A bug must still fail closed with the contract's body; never leak why.
             log.exception("unexpected error during check")

@@ -17,6 +17,7 @@ from authz.errors import ConfigError, VaultUnavailable
 from authz.settings import Settings
 from authz.tenants.vault_login import (
     AppRoleLogin,
+    GivenToken,
     KubernetesLogin,
     RenewingToken,
     StaticToken,
@@ -46,6 +47,7 @@ class FakeVault:
 class FakeMethod:
     name = "fake"
     mount = "fake"
+    owns_token = True
 
     def __init__(self, vault: FakeVault) -> None:
         self.vault = vault
@@ -272,7 +274,11 @@ BASE = {"AUTHZ_FIREBASE_PROJECT_ID": "demo-relay"}
 def test_default_is_the_static_token():
     settings = Settings.from_env({**BASE, "VAULT_TOKEN": "s.abc"})
     assert settings.vault_auth == "token"
-    assert isinstance(token_provider(settings), StaticToken)
+    provider = token_provider(settings)
+    # The same lifecycle as a login token: renewed if it has a TTL, never revoked.
+    assert isinstance(provider, RenewingToken)
+    assert isinstance(provider.method, GivenToken)
+    assert not provider.method.owns_token
 
 
 def test_approle_settings(tmp_path: Path):
