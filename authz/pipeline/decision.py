@@ -27,6 +27,11 @@ STRIPPED_HEADERS = frozenset({
     "x-tenant-id",
     "forwarded",
     "x-real-ip",
+    # Client-IP hints beyond X-Forwarded-For (CDNs, load balancers): forgeable by anyone.
+    "cf-connecting-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
 })
 STRIPPED_PREFIXES = ("x-forwarded-", "x-envoy-", "x-relay-")
 TENANT_OPTION_HEADERS = ("openai-organization", "openai-project")
