@@ -179,6 +179,10 @@ class ClientKeyVerifier:
             pass  # Vault down: the tenant-key side reports it; try again at the next key
         else:
             self._verified()
+        finally:
+            # The first key may be issued right after start: ask again at the first one.
+            if self._pepper is None:
+                self._pepper_checked_at = float("-inf")
 
     async def verify(self, token: str) -> Identity:
         if _KEY_SHAPE.fullmatch(token) is None:

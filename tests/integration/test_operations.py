@@ -191,3 +191,15 @@ def test_authz_up_drains_open_streams_on_sigterm(start_up, firebase, vault):
         assert "draining" in up.log_text()
     finally:
         up.stop()
+
+
+def test_admin_invalidate_needs_a_header_a_cross_site_request_cannot_send(relay):
+    """A page in a local browser can POST a "simple" cross-site request to loopback; it
+    cannot add a custom header without a CORS preflight, which this port never grants."""
+    url = f"http://127.0.0.1:{relay.metrics_port}/admin/invalidate"
+    with httpx.Client(timeout=10) as client:
+        simple = client.post(url, content=b"a=b",
+                             headers={"content-type": "application/x-www-form-urlencoded"})
+        assert simple.status_code == 403
+        assert "X-Relay-Admin" in simple.json()["error"]
+        assert client.post(url, headers={"X-Relay-Admin": "1"}).status_code == 200

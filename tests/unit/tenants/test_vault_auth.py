@@ -320,3 +320,29 @@ def test_kubernetes_settings(tmp_path: Path):
 def test_bad_login_settings_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({**BASE, **env})
+
+
+def test_stopping_token_renewal_never_blocks_the_event_loop():
+    """Joining the renewal thread and revoking the token block; shutdown must not stall
+    the loop that is still finishing in-flight checks (issue 11, item 9)."""
+    import asyncio
+    import threading
+
+    from authz.tenants.vault import VaultTenantStore
+
+    class SlowToClose(StaticToken):
+        def __init__(self) -> None:
+            super().__init__("s.token")
+            self.loop_ran = threading.Event()
+
+        def close(self) -> None:
+            # Returns at once if the loop keeps running while we block here.
+            assert self.loop_ran.wait(2), "the event loop was blocked during close()"
+
+    async def scenario() -> None:
+        provider = SlowToClose()
+        store = VaultTenantStore("http://vault.invalid", provider)
+        asyncio.get_running_loop().call_later(0.01, provider.loop_ran.set)
+        await store.stop_token_renewal()
+
+    asyncio.run(scenario())
