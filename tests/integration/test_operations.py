@@ -100,7 +100,8 @@ def test_readiness_follows_certs_vault_and_authz(make_relay, firebase_certs, tok
     readyz = f"http://127.0.0.1:{relay.metrics_port}/readyz"
     report = httpx.get(readyz, timeout=5)
     assert report.status_code == 503
-    assert report.json() == {"ready": False, "certs_loaded": False, "vault_reached": True}
+    assert report.json() == {"ready": False, "certs_loaded": False, "vault_reached": True,
+                             "client_keys": "ok"}
     assert httpx.get(relay.health_url, timeout=5).status_code == 503
     firebase_certs.set_down(False)
     wait_for(lambda: httpx.get(readyz, timeout=5).status_code == 200, what="authz ready")
