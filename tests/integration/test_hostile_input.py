@@ -816,18 +816,17 @@ def _respelled(token: str, how: str) -> str:
     if how == "signature-std-alphabet":
         assert "-" in sig or "_" in sig
         return f"{head}.{body}.{sig.replace('-', '+').replace('_', '/')}"
-    assert how == "payload-padding"
-    return f"{head}.{body}{'=' * (-len(body) % 4) or '===='}.{sig}"
+    raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["signature-padding", "signature-std-alphabet",
-                                 "payload-padding"])
+# (Padding inside the token is already refused by the bearer syntax, RFC 6750 b64token.)
+@pytest.mark.parametrize("how", ["signature-padding", "signature-std-alphabet"])
 def test_another_spelling_of_a_valid_token_is_refused(relay, upstream, token_for, how):
     """Each spelling would be a new identity-cache entry and an RSA check (issue 11, 5)."""
     for attempt in range(20):  # a signature with a '-' or '_' in it, and padding to add
         token = token_for("acme", uid=f"spelling-{attempt}")
-        _, body, sig = token.split(".")
-        if ("-" in sig or "_" in sig) and len(body) % 4 and len(sig) % 4:
+        sig = token.split(".")[2]
+        if ("-" in sig or "_" in sig) and len(sig) % 4:
             break
     assert one(relay, request_bytes("/api/openai/v1/models", [bearer(token)])).status == 200
     upstream.clear()
