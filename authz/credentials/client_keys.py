@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from authz.credentials.identity import Identity
+from authz.credentials.identity import Identity, identity_from_claims
 from authz.errors import AuthenticationFailed, RelayError, VaultForbidden, VaultUnavailable
 from authz.tenants.client_id import is_valid_client_id
 from authz.ttl_cache import AsyncTtlCache
@@ -211,8 +211,10 @@ class ClientKeyVerifier:
         fresh_until = lookup.fresh_until
         if record.expires_at is not None:
             fresh_until = min(fresh_until, record.expires_at)
-        return Identity(subject=f"client-key:{record.key_id}", client_id=record.client_id,
-                        token_type=self.token_type, expires_at=fresh_until)
+        # The index record plays the claims' part: who, and until when.
+        return identity_from_claims(
+            {"sub": f"client-key:{record.key_id}", "exp": fresh_until},
+            client_id=record.client_id, token_type=self.token_type)
 
     def _unverifiable(self, exc: VaultForbidden) -> None:
         status = f"unverifiable: {exc.log_detail}"

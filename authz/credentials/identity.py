@@ -31,7 +31,8 @@ class Identity:
 
 def identity_from_claims(claims: Mapping[str, Any], *, client_id: str, token_type: str,
                          reuse_until: float = math.inf) -> Identity:
-    """The one place a verified token becomes an Identity: its subject, its tenant, and
+    """The one place a verified credential becomes an Identity (JWT claims, or a client
+    key's index record in the same shape): its subject, its tenant, and
     how long it may be reused (the token's exp, or sooner: `reuse_until` for statuses that
     can change, and IdentityCache's own bound). Claims are already checked (sub, exp)."""
     return Identity(subject=claims["sub"], client_id=client_id, token_type=token_type,
