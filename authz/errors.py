@@ -11,6 +11,8 @@
     ├── ApiKeyNotFound          500  a known clientId with no key in Vault
     └── InternalError           500  we could not decide (Vault or the cert endpoint down, a bug)
         ├── VaultUnavailable
+        │   └── VaultForbidden      a Vault policy denies a read (not an expired token)
+        ├── TenantRecordInvalid     a tenant value that cannot be a header
         └── CertsUnavailable
 
 The public message is exactly the contract's (shared/DESIGN.md). `reason` is a short
@@ -27,6 +29,8 @@ class RelayError(Exception):
     reason: str = "internal_error"
     #: Whether the public body carries a "details" field (only internal errors do).
     has_details: bool = False
+    #: The credential type the failing token was routed to (metrics), when known.
+    token_type: str | None = None
 
     def __init__(self, log_detail: str = "", *, detail: str = "") -> None:
         super().__init__(log_detail or self.reason)
@@ -110,6 +114,23 @@ class VaultUnavailable(InternalError):
 
     def __init__(self, log_detail: str = "") -> None:
         super().__init__(log_detail, detail="secret store unavailable")
+
+
+class VaultForbidden(VaultUnavailable):
+    """Vault refused a read our (valid) token is not granted: a policy to fix, not an
+    expired token. log_detail names the path, never a token."""
+
+    reason = "vault_forbidden"
+
+
+class TenantRecordInvalid(InternalError):
+    """A tenant's Vault record holds a value that cannot become a header (CR, LF, a
+    control character): refused rather than forwarded. log_detail names the field only."""
+
+    reason = "tenant_record_invalid"
+
+    def __init__(self, log_detail: str = "") -> None:
+        super().__init__(log_detail, detail="tenant record invalid")
 
 
 class CertsUnavailable(InternalError):

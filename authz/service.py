@@ -69,7 +69,8 @@ class AuthzService:
             stale_if_error_s=settings.key_stale_if_error_s,
             negative_ttl_s=settings.key_negative_ttl_s,
         )
-        self.identities = IdentityCache(settings.token_cache_size)
+        self.identities = IdentityCache(settings.token_cache_size,
+                                        max_age_s=settings.identity_cache_ttl_s)
         # Every enabled token type behind one dispatcher (Firebase, OIDC, client keys...).
         self.tokens = build_token_verifiers(settings, self.certs, vault_tokens)
         # Limits and the usage ledger: in this process, or shared through Redis.
@@ -121,11 +122,17 @@ class AuthzService:
 
     def readiness(self) -> dict[str, Any]:
         """Ready once we can verify tokens (certs loaded) and have reached Vault once."""
-        certs, vault = self.tokens.ready, self.vault_reached
-        return {"ready": certs and vault, "certs_loaded": certs, "vault_reached": vault}
+        certs, vault = self.tokens.keys_loaded, self.vault_reached
+        return {"ready": self.tokens.ready and vault, "certs_loaded": certs,
+                "vault_reached": vault,
+                **self.tokens.readiness()}
 
     def invalidate(self, client_id: str | None) -> None:
+        """Everything cached about a tenant (or all): its key, the identities verified
+        for it, client-key records and Firebase user statuses. Reads in flight lose."""
         self.keys.invalidate(client_id)
+        self.tokens.invalidate(client_id)
+        self.identities.clear(client_id)
 
     async def watch_readiness(self, health_servicer: health.aio.HealthServicer) -> None:
         """Keep gRPC health and the ready gauge in step with readiness; ping Vault
@@ -235,7 +242,7 @@ async def serve(settings: Settings) -> None:
     log.info("authz serving", extra={
         "grpc": grpc_addr,
         "metrics": settings.metrics_addr and format_addr(settings.metrics_addr),
-        "certs_loaded": service.tokens.ready,
+        "certs_loaded": service.tokens.keys_loaded,
         "vault": settings.vault_addr,
     })
 
@@ -252,7 +259,7 @@ async def serve(settings: Settings) -> None:
     await server.stop(grace_s)
     await service.tokens.stop()
     await service.limiter.close()
-    service.vault.stop_token_renewal()
+    await service.vault.stop_token_renewal()
     if admin is not None:
         admin.stop()
     with contextlib.suppress(Exception):

@@ -135,6 +135,11 @@ class Settings:
     oidc_issuers: tuple[OidcIssuer, ...] = ()
     client_keys: str = "auto"
     client_key_cache_ttl_s: float = 30.0
+    # How long past its TTL a client key's index record may be served while Vault fails
+    # (a revocation made meanwhile is unseen that long): short, unlike tenant keys.
+    client_key_stale_if_error_s: float = 60.0
+    # How long a verified identity is reused at most before the token is verified again.
+    identity_cache_ttl_s: float = 300.0
     client_key_index_path: str = DEFAULT_INDEX_PATH
     client_key_pepper: str = DEFAULT_PEPPER
     # -- operator commands --------------------------------------------------------------
@@ -251,6 +256,11 @@ class Settings:
             "client_keys": client_keys,
             "client_key_cache_ttl_s": parse_duration(
                 "AUTHZ_CLIENT_KEY_CACHE_TTL", get("AUTHZ_CLIENT_KEY_CACHE_TTL") or "30s"),
+            "client_key_stale_if_error_s": parse_duration(
+                "AUTHZ_CLIENT_KEY_STALE_IF_ERROR",
+                get("AUTHZ_CLIENT_KEY_STALE_IF_ERROR") or "60s"),
+            "identity_cache_ttl_s": parse_duration(
+                "AUTHZ_IDENTITY_CACHE_TTL", get("AUTHZ_IDENTITY_CACHE_TTL") or "5m"),
             "client_key_index_path": get("AUTHZ_CLIENT_KEY_INDEX_PATH") or DEFAULT_INDEX_PATH,
             "client_key_pepper": get("AUTHZ_CLIENT_KEY_PEPPER") or DEFAULT_PEPPER,
             # operator commands
@@ -309,6 +319,7 @@ class Settings:
             ("AUTHZ_STREAM_IDLE_TIMEOUT", self.stream_idle_timeout_s, 0, 86400, "1ms and 24h"),
             ("AUTHZ_KEY_CACHE_TTL", self.key_cache_ttl_s, 0, 86400, "1ms and 24h"),
             ("AUTHZ_CLIENT_KEY_CACHE_TTL", self.client_key_cache_ttl_s, 0, 3600, "1ms and 1h"),
+            ("AUTHZ_IDENTITY_CACHE_TTL", self.identity_cache_ttl_s, 0, 3600, "1ms and 1h"),
             ("AUTHZ_FIREBASE_USER_CACHE_TTL", self.firebase_user_cache_ttl_s, 0, 3600,
              "1ms and 1h"),
         ):
@@ -317,6 +328,8 @@ class Settings:
         for name, value, high, text in (
             ("AUTHZ_KEY_STALE_IF_ERROR", self.key_stale_if_error_s, 7 * 86400, "0 and 7 days"),
             ("AUTHZ_KEY_NEGATIVE_TTL", self.key_negative_ttl_s, 3600, "0 and 1h"),
+            ("AUTHZ_CLIENT_KEY_STALE_IF_ERROR", self.client_key_stale_if_error_s, 3600,
+             "0 and 1h"),
             ("AUTHZ_CLOCK_SKEW", self.clock_skew_s, 300, "0 and 5m"),
             ("AUTHZ_DRAIN_TIMEOUT", self.drain_timeout_s, 3600, "0 and 1h"),
             ("AUTHZ_METRICS_TENANT_CAP", self.metrics_tenant_cap, 10_000, "0 and 10000"),

@@ -1,4 +1,5 @@
-"""`authz cache invalidate [CLIENT_ID]`: make running authz services forget cached keys now.
+"""`authz cache invalidate [CLIENT_ID]`: make running authz services forget what they cached
+(tenant keys, verified identities, client-key records, Firebase user statuses) now.
 
 For a leaked key: rotate it in Vault (`authz tenant put`/`rotate`), then invalidate, and
 the very next request reads the new key instead of waiting out AUTHZ_KEY_CACHE_TTL.
@@ -16,6 +17,7 @@ import urllib.parse
 import urllib.request
 
 from authz.cli.common import UsageError, default_admin_addr
+from authz.edge.admin_http import ADMIN_HEADER
 from authz.tenants.client_id import validate_client_id
 
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for target in targets:
         url = f"http://{target}/admin/invalidate{query}"
-        request = urllib.request.Request(url, method="POST")
+        request = urllib.request.Request(url, method="POST", headers={ADMIN_HEADER: "1"})
         try:
             with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
                 results.append({"admin": target, "status": response.status})

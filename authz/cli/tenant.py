@@ -29,7 +29,7 @@ from authz.cli.common import (
     require_vault,
     tenant_store,
 )
-from authz.errors import RelayError
+from authz.errors import RelayError, TenantRecordInvalid
 from authz.governance.policy import Policy, PolicyError, parse_policy, policy_to_json
 from authz.settings import Settings
 from authz.tenants.client_id import validate_client_id
@@ -98,11 +98,18 @@ def _fail(message: str, code: int) -> int:
 
 
 def _read_key(args: argparse.Namespace, settings: Settings) -> str:
+    """The new key from --api-key, stdin or OPENAI_API_KEY; ValueError (naming the field,
+    never the value) when it, --organization or --project cannot be a header value."""
     if args.api_key:
-        return str(args.api_key).strip()
-    if args.stdin:
-        return sys.stdin.readline().strip()
-    return settings.openai_api_key
+        api_key = str(args.api_key).strip()
+    elif args.stdin:
+        api_key = sys.stdin.readline().strip()
+    else:
+        api_key = settings.openai_api_key
+    bad = TenantKey(api_key, args.organization, args.project).invalid_field()
+    if api_key and bad is not None:
+        raise ValueError(f"{bad} must be printable ASCII without spaces or line breaks")
+    return api_key
 
 
 def read_policy_argument(text: str | None, file: str | None) -> Policy | None:
@@ -217,9 +224,13 @@ def run(args: argparse.Namespace) -> int:
             revoked = client_key_store(settings).revoke_all(client_id)
             result = {"client_id": client_id, "deleted": True, "client_keys_revoked": revoked}
             text = f"tenant {client_id}: deleted ({revoked} client key(s) revoked)"
+    except TenantRecordInvalid as exc:  # names the field, never the value
+        return _fail(f"{exc.log_detail}: put a clean value", EXIT_VAULT)
     except RelayError as exc:
         return _fail(f"Vault at {settings.vault_addr} failed: {exc.log_detail}",
                      EXIT_VAULT)
+    except ValueError as exc:  # a value that cannot become a header: refused, not stored
+        return _fail(str(exc), EXIT_USAGE)
     print(json.dumps(result) if args.json else text)
     return EXIT_OK
 

@@ -12,13 +12,23 @@ checked against a candidate key without it.
 
 Lookup is O(1): an index secret per hash (`<index path>/<hash>` → client_id, key_id,
 expires_at, revoked), read through an AsyncTtlCache. So a revocation (or expiry) is seen
-within the cache TTL (AUTHZ_CLIENT_KEY_CACHE_TTL, 30 s by default) while Vault answers.
+within the cache TTL (AUTHZ_CLIENT_KEY_CACHE_TTL, 30 s by default) while Vault answers,
+at once after `authz cache invalidate`, and within the TTL plus
+AUTHZ_CLIENT_KEY_STALE_IF_ERROR (60 s by default) while Vault fails: a record is served
+stale only that long, much shorter than a tenant key's hour.
+
+A Vault policy that does not grant read on the pepper or the index (VaultForbidden) makes
+client keys unverifiable: the caller gets 401 (the key cannot be accepted; nothing of
+ours is broken for any other credential), the operator gets one log line naming the path
+and a readiness field (`client_keys`) saying why. Failures are remembered for a few
+seconds, so an `rk_…`-shaped bearer cannot make every request a Vault round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hashlib
 import hmac
 import logging
@@ -29,8 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from authz.credentials.identity import Identity
-from authz.errors import AuthenticationFailed, VaultUnavailable
+from authz.credentials.identity import Identity, identity_from_claims
+from authz.errors import AuthenticationFailed, RelayError, VaultForbidden, VaultUnavailable
 from authz.governance.policy import Policy
 from authz.tenants.client_id import is_valid_client_id
 from authz.ttl_cache import AsyncTtlCache
@@ -110,47 +120,88 @@ class ClientKeyVerifier:
         *,
         cache_ttl_s: float = 30.0,
         negative_ttl_s: float = 5.0,
-        stale_if_error_s: float = 3600.0,
+        stale_if_error_s: float = 60.0,
         pepper_retry_s: float = 5.0,
+        required: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._index = index
         self._clock = clock
         self._pepper: bytes | None = None
         self._pepper_checked_at = float("-inf")
+        self._pepper_error: RelayError | None = None
         self._pepper_retry_s = pepper_retry_s
         self._pepper_lock = asyncio.Lock()
+        #: AUTHZ_CLIENT_KEYS=on: readiness fails while keys cannot be verified.
+        self.required = required
+        #: "ok", "unchecked", or "unverifiable: <why>" (for /readyz and the operator).
+        self.status = "unchecked"
         self.records: AsyncTtlCache[str, ClientKeyRecord] = AsyncTtlCache(
             index.read_index, name="client-keys", ttl_s=cache_ttl_s,
             negative_ttl_s=negative_ttl_s, stale_if_error_s=stale_if_error_s,
+            error_ttl_s=negative_ttl_s,
             timeout_error=lambda: VaultUnavailable("client key index read timed out"),
             clock=clock,
         )
+
+    @property
+    def verifiable(self) -> bool:
+        return not self.status.startswith("unverifiable")
 
     def token_type_of(self, token: str) -> str:
         return self.token_type
 
     async def pepper(self) -> bytes | None:
-        """The pepper, read once and kept; "none yet" is re-checked every few seconds."""
+        """The pepper, read once and kept; "none yet" and failures are re-checked every
+        few seconds, not at every request."""
         if self._pepper is not None:
             return self._pepper
         async with self._pepper_lock:
             if self._pepper is None and (
                 self._clock() - self._pepper_checked_at >= self._pepper_retry_s
             ):
-                self._pepper = await asyncio.to_thread(self._index.read_pepper)
                 self._pepper_checked_at = self._clock()
+                try:
+                    self._pepper = await asyncio.to_thread(self._index.read_pepper)
+                    self._pepper_error = None
+                except RelayError as exc:
+                    self._pepper_error = exc
+            if self._pepper is None and self._pepper_error is not None:
+                raise copy.copy(self._pepper_error).with_traceback(None)
         return self._pepper
+
+    async def probe(self) -> None:
+        """At start: read the pepper and one index entry that cannot exist, so readiness
+        says at once whether the Vault policy lets client keys be verified."""
+        try:
+            await self.pepper()
+            await self.records.get("0" * 64)
+        except VaultForbidden as exc:
+            self._unverifiable(exc)
+        except RelayError:
+            pass  # Vault down: the tenant-key side reports it; try again at the next key
+        else:
+            self._verified()
+        finally:
+            # The first key may be issued right after start: ask again at the first one.
+            if self._pepper is None:
+                self._pepper_checked_at = float("-inf")
 
     async def verify(self, token: str) -> Identity:
         if _KEY_SHAPE.fullmatch(token) is None:
             raise AuthenticationFailed("malformed client key")
-        pepper = await self.pepper()
-        if pepper is None:
-            raise AuthenticationFailed("no client key has been issued")
-        if not has_valid_tag(pepper, token):
-            raise AuthenticationFailed("client key tag does not match")
-        lookup = await self.records.get(key_hash(pepper, token))
+        try:
+            pepper = await self.pepper()
+            if pepper is None:
+                raise AuthenticationFailed("no client key has been issued")
+            if not has_valid_tag(pepper, token):
+                raise AuthenticationFailed("client key tag does not match")
+            lookup = await self.records.get(key_hash(pepper, token))
+        except VaultForbidden as exc:
+            self._unverifiable(exc)
+            raise AuthenticationFailed(f"client keys cannot be verified: {exc.log_detail}"
+                                       ) from None
+        self._verified()
         record, now = lookup.value, self._clock()
         if record is None:
             raise AuthenticationFailed("unknown client key")
@@ -163,9 +214,36 @@ class ClientKeyVerifier:
         fresh_until = lookup.fresh_until
         if record.expires_at is not None:
             fresh_until = min(fresh_until, record.expires_at)
-        return Identity(subject=f"client-key:{record.key_id}", client_id=record.client_id,
-                        token_type=self.token_type, expires_at=fresh_until,
-                        policy=record.policy)
+        # The index record plays the claims' part: who, and until when.
+        return identity_from_claims(
+            {"sub": f"client-key:{record.key_id}", "exp": fresh_until},
+            client_id=record.client_id, token_type=self.token_type,
+            policy=record.policy)
+
+    def _unverifiable(self, exc: VaultForbidden) -> None:
+        status = f"unverifiable: {exc.log_detail}"
+        if status != self.status:
+            # Once per change of state, not per request: the operator's one line.
+            log.error("client keys cannot be verified: grant the relay's Vault policy "
+                      "read on the client-key index and pepper (see README, Vault policy); "
+                      "rk_ keys get 401 meanwhile", extra={"cause": exc.log_detail})
+            self.status = status
+
+    def _verified(self) -> None:
+        if self.status != "ok":
+            if not self.verifiable:
+                log.info("client keys can be verified again")
+            self.status = "ok"
+
+    def invalidate(self, client_id: str | None = None) -> None:
+        """Forget cached index records (one tenant's, or all) and remembered failures."""
+        if client_id is None:
+            self.records.invalidate()
+        else:
+            self.records.invalidate_where(lambda record: record.client_id == client_id)
+        if self._pepper is None:
+            self._pepper_checked_at = float("-inf")
+            self._pepper_error = None
 
     def close(self) -> None:
         self.records.close()

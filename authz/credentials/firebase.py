@@ -7,11 +7,12 @@ bounded clock skew.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from authz.credentials.identity import Identity
+from authz.credentials.identity import Identity, identity_from_claims
 from authz.credentials.jose import jwt
 from authz.credentials.jose.certs import CertStore
 from authz.errors import AuthenticationFailed
@@ -47,15 +48,17 @@ class FirebaseClaimsVerifier:
         return self.token_type
 
     async def verify(self, token: str) -> Identity:
-        claims = await self.verified_claims(token)
-        return Identity(
-            subject=claims["sub"],
-            client_id=client_id_from_claims(claims, self._client_id_claims),
-            token_type=self.token_type,
-            expires_at=float(claims["exp"]),
-        )
+        return await self.verify_jws(jwt.parse(token))
 
-    async def verified_claims(self, token: str) -> dict[str, Any]:
+    async def verify_jws(self, jws: jwt.ParsedJws) -> Identity:
+        return self.identity_for(await self.verified_claims(jws))
+
+    def identity_for(self, claims: dict[str, Any], reuse_until: float = math.inf) -> Identity:
+        return identity_from_claims(
+            claims, client_id=client_id_from_claims(claims, self._client_id_claims),
+            token_type=self.token_type, reuse_until=reuse_until)
+
+    async def verified_claims(self, jws: jwt.ParsedJws) -> dict[str, Any]:
         raise NotImplementedError
 
     def check_claims(self, claims: dict[str, Any]) -> None:
@@ -81,13 +84,12 @@ class FirebaseVerifier(FirebaseClaimsVerifier):
                          clock_skew_s=clock_skew_s, clock=clock)
         self._certs = certs
 
-    async def verified_claims(self, token: str) -> dict[str, Any]:
-        """The verified claims of token; AuthenticationFailed (or CertsUnavailable)."""
-        jws = jwt.parse(token)
-        kid = jwt.require_rs256_kid(jws)
+    async def verified_claims(self, jws: jwt.ParsedJws) -> dict[str, Any]:
+        """The verified claims of jws; AuthenticationFailed (or CertsUnavailable)."""
+        alg, kid = jwt.algorithm_and_kid(jws, ("RS256",))
         key = await self._certs.key_for(kid)
         if key is None:
             raise AuthenticationFailed("token signed by an unknown key")
-        jwt.verify_rs256(jws, key)
+        jwt.verify_rsa(jws, key, alg)
         self.check_claims(jws.payload)
         return jws.payload

@@ -20,9 +20,8 @@ class FirebaseEmulatorVerifier(FirebaseClaimsVerifier):
     token_type = "firebase_emulator"
     not_after_now = ("iat",)
 
-    async def verified_claims(self, token: str) -> dict[str, Any]:
-        header, claims, signature = jwt.peek(token)
-        if header.get("alg") != "none" or signature:
+    async def verified_claims(self, jws: jwt.ParsedJws) -> dict[str, Any]:
+        if jws.header.get("alg") != "none" or jws.signature:
             raise AuthenticationFailed("not an unsigned emulator token")
-        self.check_claims(claims)
-        return claims
+        self.check_claims(jws.payload)
+        return jws.payload

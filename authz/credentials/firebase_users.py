@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from authz.credentials.identity import Identity
+from authz.credentials.jose import jwt
+from authz.credentials.jose.jwt import ParsedJws
 from authz.errors import AuthenticationFailed, InternalError
-from authz.tenants.client_id import client_id_from_claims
 from authz.ttl_cache import AsyncTtlCache
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ UserLookup = Callable[[tuple[str, str | None]], UserStatus | None]
 class ClaimsVerifier(Protocol):
     token_type: str
 
-    async def verified_claims(self, token: str) -> dict[str, Any]: ...
+    async def verified_claims(self, jws: ParsedJws) -> dict[str, Any]: ...
+
+    def identity_for(self, claims: dict[str, Any], reuse_until: float = ...) -> Identity: ...
 
 
 def firebase_admin_lookup(project_id: str) -> UserLookup:
@@ -90,7 +93,6 @@ class RevocationCheckingVerifier:
         inner: ClaimsVerifier,
         lookup: UserLookup,
         *,
-        client_id_claims: Sequence[str] = ("clientId", "firebase.tenant"),
         cache_ttl_s: float = 60.0,
         negative_ttl_s: float = 5.0,
         stale_if_error_s: float = 300.0,
@@ -98,7 +100,6 @@ class RevocationCheckingVerifier:
     ) -> None:
         self._inner = inner
         self.token_type = inner.token_type
-        self._client_id_claims = tuple(client_id_claims)
         self._clock = clock
         self.users: AsyncTtlCache[tuple[str, str | None], UserStatus] = AsyncTtlCache(
             lookup, name="firebase-users", ttl_s=cache_ttl_s, negative_ttl_s=negative_ttl_s,
@@ -111,7 +112,10 @@ class RevocationCheckingVerifier:
         return self.token_type
 
     async def verify(self, token: str) -> Identity:
-        claims = await self._inner.verified_claims(token)
+        return await self.verify_jws(jwt.parse(token))
+
+    async def verify_jws(self, jws: ParsedJws) -> Identity:
+        claims = await self._inner.verified_claims(jws)
         firebase = claims.get("firebase")
         tenant = firebase.get("tenant") if isinstance(firebase, dict) else None
         lookup = await self.users.get((claims["sub"], tenant if isinstance(tenant, str)
@@ -126,12 +130,12 @@ class RevocationCheckingVerifier:
             not isinstance(auth_time, int | float) or auth_time < status.valid_since
         ):
             raise AuthenticationFailed("token revoked")
-        return Identity(
-            subject=claims["sub"],
-            client_id=client_id_from_claims(claims, self._client_id_claims),
-            token_type=self.token_type,
-            expires_at=min(float(claims["exp"]), lookup.fresh_until),
-        )
+        # A user's status can change: the identity is reused no longer than the status.
+        return self._inner.identity_for(claims, lookup.fresh_until)
+
+    def invalidate(self) -> None:
+        """Forget every user's status: the next request of each reads it again."""
+        self.users.invalidate()
 
     def close(self) -> None:
         self.users.close()

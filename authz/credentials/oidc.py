@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from authz.credentials.identity import Identity
+from authz.credentials.identity import Identity, identity_from_claims
 from authz.credentials.jose import jwt
 from authz.credentials.jose.certs import KeyStore
 from authz.credentials.jose.jwks import Jwk
@@ -161,20 +161,16 @@ class OidcVerifier:
         return self.token_type
 
     async def verify(self, token: str) -> Identity:
-        claims = await self.verified_claims(token)
+        return await self.verify_jws(jwt.parse(token))
+
+    async def verify_jws(self, jws: jwt.ParsedJws) -> Identity:
+        claims = await self.verified_claims(jws)
         client_id = self.config.client_id or client_id_from_claims(
             claims, self.config.client_id_claims)
-        return Identity(subject=claims["sub"], client_id=client_id, token_type=self.token_type,
-                        expires_at=float(claims["exp"]))
+        return identity_from_claims(claims, client_id=client_id, token_type=self.token_type)
 
-    async def verified_claims(self, token: str) -> dict[str, Any]:
-        jws = jwt.parse(token)
-        alg = jws.header.get("alg")
-        if not isinstance(alg, str) or alg not in self.config.algorithms:
-            raise AuthenticationFailed("token algorithm is not allowed for this issuer")
-        kid = jws.header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise AuthenticationFailed("token has no key id")
+    async def verified_claims(self, jws: jwt.ParsedJws) -> dict[str, Any]:
+        alg, kid = jwt.algorithm_and_kid(jws, self.config.algorithms)
         jwk = await self.keys.key_for(kid)
         if jwk is None:
             raise AuthenticationFailed("token signed by an unknown key")

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from authz.credentials.client_keys import ClientKeyVerifier, looks_like_client_key
 from authz.credentials.firebase import ISSUER_PREFIX, FirebaseVerifier
 from authz.credentials.firebase_emulator import FirebaseEmulatorVerifier
-from authz.credentials.identity import Identity, TokenVerifier
+from authz.credentials.identity import Identity, JwsVerifier
 from authz.credentials.jose import jwt
 from authz.credentials.jose.certs import CertStore, KeyStore
 from authz.credentials.jose.jwks import JwksStore
 from authz.credentials.oidc import OidcVerifier
-from authz.errors import AuthenticationFailed
-from authz.tenants.client_key_store import VaultClientKeyStore, parse_pepper_source
+from authz.errors import AuthenticationFailed, RelayError
+from authz.tenants.client_key_store import ClientKeyReader, parse_pepper_source
 from authz.tenants.vault_login import TokenProvider
 
 if TYPE_CHECKING:  # settings sit above credentials: a type, never a runtime import
@@ -48,21 +48,17 @@ class _Closable(Protocol):
 @dataclass
 class TokenDispatcher:
     firebase_issuer: str | None = None
-    firebase: TokenVerifier | None = None
-    firebase_emulator: TokenVerifier | None = None
-    oidc: Mapping[str, TokenVerifier] = field(default_factory=dict)
-    client_keys: TokenVerifier | None = None
+    firebase: JwsVerifier | None = None
+    firebase_emulator: JwsVerifier | None = None
+    oidc: Mapping[str, JwsVerifier] = field(default_factory=dict)
+    client_keys: ClientKeyVerifier | None = None
     #: Background key stores that must be loaded for the JWT verifiers to work.
     stores: Sequence[KeyStore[Any]] = ()
     closables: Sequence[_Closable] = ()
 
-    def route(self, token: str) -> TokenVerifier:
-        """The one verifier for token, or AuthenticationFailed."""
-        if looks_like_client_key(token):
-            if self.client_keys is None:
-                raise AuthenticationFailed("client keys are not enabled")
-            return self.client_keys
-        header, payload, _ = jwt.peek(token)
+    def route(self, jws: jwt.ParsedJws) -> JwsVerifier:
+        """The one verifier for a decoded JWS, or AuthenticationFailed."""
+        header, payload = jws.header, jws.payload
         issuer = payload.get("iss")
         if not isinstance(issuer, str) or not issuer:
             raise AuthenticationFailed("token names no issuer")
@@ -81,25 +77,70 @@ class TokenDispatcher:
         return verifier
 
     def token_type_of(self, token: str) -> str:
+        """A guess for metrics; verify() labels its errors itself, so the check path
+        never calls this (it would decode the token a second time)."""
+        if looks_like_client_key(token):
+            return ClientKeyVerifier.token_type if self.client_keys else "unknown"
         try:
-            return self.route(token).token_type_of(token)
+            return self.route(jwt.parse(token)).token_type
         except AuthenticationFailed:
             return "unknown"
 
     async def verify(self, token: str) -> Identity:
-        return await self.route(token).verify(token)
+        """Decode once, route, verify. A RelayError leaves labelled with the token type
+        it was routed to, for metrics and logs."""
+        token_type = "unknown"
+        try:
+            if looks_like_client_key(token):
+                if self.client_keys is None:
+                    raise AuthenticationFailed("client keys are not enabled")
+                token_type = self.client_keys.token_type
+                return await self.client_keys.verify(token)
+            jws = jwt.parse(token)
+            verifier = self.route(jws)
+            token_type = verifier.token_type
+            return await verifier.verify_jws(jws)
+        except RelayError as error:
+            error.token_type = token_type
+            raise
+
+    def invalidate(self, client_id: str | None = None) -> None:
+        """Forget what the verifiers cache about callers (client-key records, Firebase
+        user statuses), so revocations apply at the next request."""
+        if self.client_keys is not None:
+            self.client_keys.invalidate(client_id)
+        for verifier in (self.firebase, self.firebase_emulator):
+            invalidate = getattr(verifier, "invalidate", None)
+            if invalidate is not None:
+                invalidate()
+
+    def readiness(self) -> dict[str, Any]:
+        """What the readiness report says about credentials beyond the key sets."""
+        if self.client_keys is None:
+            return {"client_keys": "off"}
+        return {"client_keys": self.client_keys.status}
 
     # -- lifecycle ------------------------------------------------------------------------
 
     @property
-    def ready(self) -> bool:
+    def keys_loaded(self) -> bool:
         return all(store.loaded for store in self.stores)
+
+    @property
+    def ready(self) -> bool:
+        """Key sets loaded, and client keys verifiable when AUTHZ_CLIENT_KEYS=on asks for
+        them (with auto, an unverifiable client key is only reported)."""
+        keys = self.client_keys
+        return self.keys_loaded and (
+            keys is None or not keys.required or keys.verifiable)
 
     async def start(self) -> None:
         """First fetch of every key set (failures are logged, not fatal), then refreshers."""
         await asyncio.gather(*(store.refresh(force=True) for store in self.stores))
         for store in self.stores:
             store.start()
+        if self.client_keys is not None:
+            await self.client_keys.probe()
 
     async def stop(self) -> None:
         for store in self.stores:
@@ -143,7 +184,6 @@ def build_token_verifiers(
 
             firebase = RevocationCheckingVerifier(
                 firebase, firebase_admin_lookup(project),
-                client_id_claims=settings.client_id_claims,
                 cache_ttl_s=settings.firebase_user_cache_ttl_s,
                 negative_ttl_s=settings.key_negative_ttl_s,
             )
@@ -152,7 +192,7 @@ def build_token_verifiers(
             dispatcher.firebase_emulator = firebase
         else:
             dispatcher.firebase = firebase
-    oidc: dict[str, TokenVerifier] = {}
+    oidc: dict[str, JwsVerifier] = {}
     for issuer in settings.oidc_issuers:
         store = JwksStore(issuer.jwks_url)
         stores.append(store)
@@ -160,16 +200,16 @@ def build_token_verifiers(
     dispatcher.oidc = oidc
     if settings.client_keys_enabled:
         client_keys = ClientKeyVerifier(
-            VaultClientKeyStore(
+            ClientKeyReader(
                 settings.vault_addr, vault_tokens or settings.vault_token,
-                mount=settings.vault_mount,
-                tenant_path=settings.vault_path, index_path=settings.client_key_index_path,
+                mount=settings.vault_mount, index_path=settings.client_key_index_path,
                 pepper=parse_pepper_source("AUTHZ_CLIENT_KEY_PEPPER",
                                            settings.client_key_pepper),
             ),
             cache_ttl_s=settings.client_key_cache_ttl_s,
             negative_ttl_s=settings.key_negative_ttl_s,
-            stale_if_error_s=settings.key_stale_if_error_s,
+            stale_if_error_s=settings.client_key_stale_if_error_s,
+            required=settings.client_keys == "on",
         )
         dispatcher.client_keys = client_keys
         closables.append(client_keys)

@@ -1,8 +1,11 @@
 """The authz service's HTTP side port: /metrics, /healthz, /readyz, and cache control.
 
 It runs in its own thread so a scrape never competes with checks on the event loop.
-Anything that changes state (POST /admin/...) is accepted from loopback peers only and
-handed to the event loop thread; reading (GET) is open to whoever can reach the port,
+Anything that changes state (POST /admin/...) is accepted from loopback peers only, and
+only with the header `X-Relay-Admin: 1`: a browser on the same machine can send a
+cross-site "simple" POST to loopback, but not one with a custom header (that needs a
+CORS preflight, which this port never grants). Accepted requests are handed to the
+event loop thread; reading (GET) is open to whoever can reach the port,
 which is loopback by default (AUTHZ_METRICS_ADDR).
 """
 
@@ -24,9 +27,13 @@ from authz.tenants.client_id import is_valid_client_id
 
 log = logging.getLogger(__name__)
 
+#: The header every state-changing admin request must carry (see the module docstring).
+ADMIN_HEADER = "X-Relay-Admin"
+
 # Returns a JSON-able readiness report with a boolean "ready".
 ReadinessReport = Callable[[], dict[str, Any]]
-# Forget cached keys (and identities) for one tenant, or all when None.
+# Forget cached keys, identities, client-key records and user statuses for one tenant,
+# or all when None.
 Invalidate = Callable[[str | None], None]
 # Today's usage of one tenant (optionally one user): the /admin/usage body.
 Usage = Callable[[str, str | None], dict[str, Any]]
@@ -70,6 +77,10 @@ class AdminServer:
                     return
                 if not ipaddress.ip_address(self.client_address[0]).is_loopback:
                     self._json(403, {"error": "admin endpoints answer loopback peers only"})
+                    return
+                if self.headers.get(ADMIN_HEADER) != "1":
+                    self._json(403, {"error": f"admin requests need the header "
+                                              f"{ADMIN_HEADER}: 1"})
                     return
                 client_id = parse_qs(url.query).get("client_id", [None])[0]
                 if client_id is not None and not is_valid_client_id(client_id):

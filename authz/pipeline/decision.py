@@ -41,6 +41,11 @@ STRIPPED_HEADERS = frozenset({
     "x-tenant-id",
     "forwarded",
     "x-real-ip",
+    # Client-IP hints beyond X-Forwarded-For (CDNs, load balancers): forgeable by anyone.
+    "cf-connecting-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
 })
 STRIPPED_PREFIXES = ("x-forwarded-", "x-envoy-", "x-relay-")
 TENANT_OPTION_HEADERS = ("openai-organization", "openai-project")
@@ -164,7 +169,6 @@ class Authorizer:
             digest = IdentityCache.digest(token)
             identity = self._identities.get(digest)
             if identity is None:
-                token_type = self._verifier.token_type_of(token)
                 identity = await self._verifier.verify(token)
                 self._identities.put(digest, identity)
             token_type = identity.token_type
@@ -195,7 +199,7 @@ class Authorizer:
                     identity.client_id, user, policy.limits, estimate_tokens(path, body))
                 lease, reserved = admission.lease, admission.reserved_tokens
         except RelayError as error:
-            return Deny(error, token_type)
+            return Deny(error, error.token_type or token_type)
         except Exception:
             # A bug must still fail closed with the contract's body; never leak why.
             log.exception("unexpected error during check")

@@ -11,7 +11,10 @@ Layout (mount AUTHZ_VAULT_MOUNT):
                                               `pepper`, created by the first `keys issue`)
                                               or "file:<path>" (kept out of Vault)
 
-The relay only reads the index and the pepper, so its Vault token needs no write access.
+The relay only reads the index and the pepper (ClientKeyReader: what it calls per
+request), so its Vault token needs read on exactly those two paths and no write access.
+The operator's commands (issue, list, revoke: VaultClientKeyStore) write, and reach the
+pepper through the same reader.
 Issuing writes the tenant record first and the index second (a key is never usable before
 it is listed); revoking marks the index first (the key stops working within the cache TTL)
 and the record second. Plain keys are never written anywhere.
@@ -87,7 +90,57 @@ def _number(value: Any) -> float | None:
         else None
 
 
+class ClientKeyReader:
+    """The relay's read path: the pepper and index entries, nothing else."""
+
+    def __init__(
+        self,
+        addr: str,
+        token: str | TokenProvider,
+        *,
+        mount: str = "secret",
+        index_path: str = DEFAULT_INDEX_PATH,
+        pepper: PepperSource | None = None,
+        timeout_s: float = 5.0,
+        kv: KvStore | None = None,
+    ) -> None:
+        # A static token, or the service's login (AppRole, Kubernetes) from vault_login.py.
+        self.kv = kv or KvStore(addr, token, mount=mount, timeout_s=timeout_s)
+        self._index_path = index_path.rstrip("/")
+        self.pepper_source = pepper or parse_pepper_source("pepper", DEFAULT_PEPPER)
+
+    def index_entry(self, hash_hex: str) -> str:
+        return f"{self._index_path}/{hash_hex}"
+
+    def read_pepper(self) -> bytes | None:
+        source = self.pepper_source
+        if source.kind == "file":
+            try:
+                text = Path(source.path).read_text(encoding="ascii").strip()
+            except OSError as exc:
+                raise VaultUnavailable(f"pepper file unreadable: {exc.strerror}") from None
+            return _decode_pepper(text)
+        data = self.kv.read(source.path)
+        if data is None:
+            return None
+        return _decode_pepper(data.get("pepper"))
+
+    def read_index(self, hash_hex: str) -> ClientKeyRecord | None:
+        data = self.kv.read(self.index_entry(hash_hex))
+        if data is None:
+            return None
+        client_id, key_id = data.get("client_id"), data.get("key_id")
+        if not isinstance(client_id, str) or not isinstance(key_id, str):
+            return None
+        return ClientKeyRecord(client_id=client_id, key_id=key_id,
+                               expires_at=_number(data.get("expires_at")),
+                               revoked=data.get("revoked") is not False,
+                               policy=_key_policy(data.get("policy")))
+
+
 class VaultClientKeyStore:
+    """The operator's side: issue, list, revoke (writes), over the relay's reader."""
+
     def __init__(
         self,
         addr: str,
@@ -99,14 +152,14 @@ class VaultClientKeyStore:
         pepper: PepperSource | None = None,
         timeout_s: float = 5.0,
     ) -> None:
-        # A static token, or the service's login (AppRole, Kubernetes) from vault_auth.py.
         self._kv = KvStore(addr, token, mount=mount, timeout_s=timeout_s)
+        self.reader = ClientKeyReader(addr, token, index_path=index_path, pepper=pepper,
+                                      kv=self._kv)
         self._read = self._kv.read
         self._write = self._kv.write
         self._list = self._kv.list
         self._tenant_path = tenant_path
-        self._index_path = index_path.rstrip("/")
-        self._pepper_source = pepper or parse_pepper_source("pepper", DEFAULT_PEPPER)
+        self._pepper_source = self.reader.pepper_source
 
     def tenant_path(self, client_id: str) -> str:
         return self._tenant_path.format(client_id=validate_client_id(client_id))
@@ -115,22 +168,10 @@ class VaultClientKeyStore:
         return f"{self.tenant_path(client_id)}/keys/{key_id}"
 
     def _index_entry(self, hash_hex: str) -> str:
-        return f"{self._index_path}/{hash_hex}"
-
-    # -- pepper -----------------------------------------------------------------------
+        return self.reader.index_entry(hash_hex)
 
     def read_pepper(self) -> bytes | None:
-        source = self._pepper_source
-        if source.kind == "file":
-            try:
-                text = Path(source.path).read_text(encoding="ascii").strip()
-            except OSError as exc:
-                raise VaultUnavailable(f"pepper file unreadable: {exc.strerror}") from None
-            return _decode_pepper(text)
-        data = self._read(source.path)
-        if data is None:
-            return None
-        return _decode_pepper(data.get("pepper"))
+        return self.reader.read_pepper()
 
     def ensure_pepper(self) -> bytes:
         """The pepper, created in Vault (check-and-set: once, whoever races) if absent."""
@@ -146,20 +187,6 @@ class VaultClientKeyStore:
         if pepper is None:
             raise VaultUnavailable("pepper could not be created")
         return pepper
-
-    # -- what the relay reads -------------------------------------------------------------
-
-    def read_index(self, hash_hex: str) -> ClientKeyRecord | None:
-        data = self._read(self._index_entry(hash_hex))
-        if data is None:
-            return None
-        client_id, key_id = data.get("client_id"), data.get("key_id")
-        if not isinstance(client_id, str) or not isinstance(key_id, str):
-            return None
-        return ClientKeyRecord(client_id=client_id, key_id=key_id,
-                               expires_at=_number(data.get("expires_at")),
-                               revoked=data.get("revoked") is not False,
-                               policy=_key_policy(data.get("policy")))
 
     # -- what the operator does -------------------------------------------------------------
 

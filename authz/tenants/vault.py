@@ -8,7 +8,9 @@ VaultUnavailable, whose message never holds the token or a secret value.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +20,22 @@ import hvac
 import hvac.exceptions
 import requests
 
-from authz.errors import InternalError, VaultUnavailable
+from authz.errors import InternalError, TenantRecordInvalid, VaultForbidden, VaultUnavailable
 from authz.governance.policy import Policy, PolicyError, parse_policy, policy_to_json
 from authz.tenants.client_id import validate_client_id
 from authz.tenants.vault_login import StaticToken, TokenProvider
 
 log = logging.getLogger(__name__)
+
+
+# What may become a header value: visible ASCII, no space, no CR/LF/control character
+# (a CR/LF in a header value would let a Vault record add headers of its own).
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,1024}")
+TENANT_FIELDS = ("api_key", "organization", "project")
+
+
+def header_value_ok(value: str) -> bool:
+    return _HEADER_VALUE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,15 @@ class TenantKey:
     project: str | None = None
     #: The tenant's own governance policy (the record's `policy`); None: the default.
     policy: Policy | None = None
+
+    def invalid_field(self) -> str | None:
+        """The first field that cannot be sent as a header value (its name, never its
+        value), or None."""
+        for name in TENANT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not header_value_ok(value):
+                return name
+        return None
 
 
 def read_policy(data: dict[str, Any]) -> Policy | None:
@@ -62,9 +83,14 @@ _VAULT_ERRORS = (hvac.exceptions.VaultError, requests.RequestException)
 class KvStore:
     """One KV v2 mount, reached with a static token or a renewing login.
 
-    Per-thread hvac clients (requests.Session is not documented as thread-safe), one
-    retry after a fresh login when Vault answers 403 (a login token revoked early), and
+    Per-thread hvac clients (requests.Session is not documented as thread-safe), and
     every hvac or transport failure as VaultUnavailable, naming only the error's type.
+
+    A 403 on a read means one of two things, told apart by asking Vault about the token
+    that was refused (auth/token/lookup-self, which every token may call):
+    - the token is alive: a policy does not grant this path. That is VaultForbidden,
+      naming the path; logging in again would not help and is not attempted;
+    - the token is dead (expired, revoked early): one fresh login, one retry.
     """
 
     def __init__(
@@ -78,28 +104,27 @@ class KvStore:
         self._timeout_s = timeout_s
         self._local = threading.local()
 
-    def client(self) -> hvac.Client:
+    def client(self, token: str | None = None) -> hvac.Client:
         client: hvac.Client | None = getattr(self._local, "client", None)
         if client is None:
             client = hvac.Client(url=self._addr, timeout=self._timeout_s)
             self._local.client = client
-        client.token = self.tokens.token()
+        client.token = token if token is not None else self.tokens.token()
         return client
 
     def read(self, path: str) -> dict[str, Any] | None:
         """The secret's data at path; None when there is none (or it was deleted)."""
 
-        def read_once() -> Any:
-            return self.client().secrets.kv.v2.read_secret_version(
+        def read_as(token: str) -> Any:
+            return self.client(token).secrets.kv.v2.read_secret_version(
                 path=path, mount_point=self.mount, raise_on_deleted_version=True)
 
         try:
+            token = self.tokens.token()
             try:
-                response = read_once()
+                response = read_as(token)
             except hvac.exceptions.Forbidden:
-                if not self.tokens.refresh():
-                    raise
-                response = read_once()
+                response = read_as(self._after_forbidden(token, path))
         except hvac.exceptions.InvalidPath:
             return None
         except (*_VAULT_ERRORS, ValueError) as exc:
@@ -121,6 +146,27 @@ class KvStore:
         data = body.get("data")
         version = int((body.get("metadata") or {}).get("version") or 0)
         return (data if isinstance(data, dict) else None), version
+
+    def _after_forbidden(self, token: str, path: str) -> str:
+        """Vault refused `token` on path: the token to retry with, or VaultForbidden when
+        the token is fine and the policy is not."""
+        current = self.tokens.token()
+        if current != token:
+            return current  # replaced meanwhile (renewal, another thread's login)
+        if self._token_alive(token):
+            raise VaultForbidden(f"vault policy denies read on {self.mount}/data/{path}")
+        if self.tokens.refresh():
+            return self.tokens.token()
+        raise VaultUnavailable("vault token rejected (expired or revoked)")
+
+    def _token_alive(self, token: str) -> bool:
+        try:
+            self.client(token).auth.token.lookup_self()
+        except hvac.exceptions.Forbidden:
+            return False
+        except (*_VAULT_ERRORS, ValueError) as exc:
+            raise VaultUnavailable(f"vault token lookup failed: {type(exc).__name__}") from None
+        return True
 
     def write(self, path: str, data: dict[str, Any], *, create_only: bool = False,
               cas: int | None = None) -> int | None:
@@ -167,6 +213,9 @@ class KvStore:
 
 
 class VaultTenantStore:
+    """Tenant keys in KV v2. The Vault token's lifecycle (renewal, login) belongs to its
+    TokenProvider (vault_login.py); this store only starts and stops it."""
+
     def __init__(
         self,
         addr: str,
@@ -179,33 +228,38 @@ class VaultTenantStore:
         self._kv = KvStore(addr, token, mount=mount, timeout_s=timeout_s)
         self._tokens = self._kv.tokens
         self._path_template = path_template
-        self._renewal_stop = threading.Event()
-        self._renewal: threading.Thread | None = None
-
-    def _client(self) -> hvac.Client:
-        return self._kv.client()
 
     def path_for(self, client_id: str) -> str:
         return self._path_template.format(client_id=validate_client_id(client_id))
 
     def read(self, client_id: str) -> TenantKey | None:
-        """The tenant's key, None when it has none; VaultUnavailable when we cannot tell."""
+        """The tenant's key, None when it has none; VaultUnavailable when we cannot tell;
+        TenantRecordInvalid when a value could not be sent as a header."""
         data = self._kv.read(self.path_for(client_id)) or {}
         api_key = data.get("api_key")
         if not isinstance(api_key, str) or not api_key.strip():
             return None
         organization = data.get("organization")
         project = data.get("project")
-        return TenantKey(
+        key = TenantKey(
             api_key=api_key.strip(),
             organization=organization.strip() if isinstance(organization, str) and
             organization.strip() else None,
             project=project.strip() if isinstance(project, str) and project.strip() else None,
             policy=read_policy(data),
         )
+        bad = key.invalid_field()
+        if bad is not None:
+            raise TenantRecordInvalid(
+                f"tenant {client_id}: field {bad} holds characters not allowed in a header")
+        return key
 
     def write(self, client_id: str, key: TenantKey) -> int:
-        """Create or replace the tenant's secret; returns the new version."""
+        """Create or replace the tenant's secret; returns the new version. ValueError
+        (naming the field, never the value) for a value that cannot be a header."""
+        bad = key.invalid_field()
+        if bad is not None:
+            raise ValueError(f"{bad} must be printable ASCII without spaces or line breaks")
         secret: dict[str, Any] = {"api_key": key.api_key}
         if key.organization:
             secret["organization"] = key.organization
@@ -244,50 +298,14 @@ class VaultTenantStore:
         self._kv.delete(self.path_for(client_id))
         return True
 
-    def renew_token(self) -> float:
-        """Renew our Vault token if it expires and is renewable; seconds until the next call.
-
-        A token with a TTL is renewed when half of it is left, so a short-lived token keeps
-        working for as long as Vault allows (its max TTL). A token without a TTL (root, or
-        one that never expires) is only looked at again every five minutes. Failures are
-        logged (never with the token) and retried soon; reads meanwhile fail as usual.
-        """
-        try:
-            info = self._client().auth.token.lookup_self()["data"]
-            ttl = float(info.get("ttl") or 0)
-            if ttl <= 0:
-                return 300.0
-            if info.get("renewable"):
-                auth = self._client().auth.token.renew_self()["auth"]
-                ttl = float(auth.get("lease_duration") or ttl)
-                log.debug("vault token renewed", extra={"ttl_s": ttl})
-            else:
-                log.warning("vault token is not renewable", extra={"ttl_s": ttl})
-        except (hvac.exceptions.VaultError, requests.RequestException, KeyError, TypeError,
-                ValueError) as exc:
-            log.warning("vault token renewal failed", extra={"error": type(exc).__name__})
-            return 2.0
-        return max(0.5, ttl / 2)
-
     def start_token_renewal(self) -> None:
-        """Keep the token renewed from a background thread (see renew_token)."""
-        if not isinstance(self._tokens, StaticToken):
-            self._tokens.start()  # a login token: its provider renews or replaces it
-            return
-        if self._renewal is None:
-            self._renewal = threading.Thread(
-                target=self._renew_forever, name="vault-token-renewal", daemon=True
-            )
-            self._renewal.start()
+        """Keep the token valid in the background (its provider's job; idempotent)."""
+        self._tokens.start()
 
-    def stop_token_renewal(self) -> None:
-        self._renewal_stop.set()
-        self._tokens.close()
-
-    def _renew_forever(self) -> None:
-        delay = self.renew_token()
-        while not self._renewal_stop.wait(delay):
-            delay = self.renew_token()
+    async def stop_token_renewal(self) -> None:
+        """Stop renewal and give a login token back. Joining the renewal thread and the
+        revoke call block, so they run in a worker thread, never on the event loop."""
+        await asyncio.to_thread(self._tokens.close)
 
     def ping(self) -> bool:
         return self._kv.ping()

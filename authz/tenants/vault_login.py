@@ -2,8 +2,9 @@
 
 AUTHZ_VAULT_AUTH picks the method:
 
-- ``token``: the static VAULT_TOKEN, used as given (VaultTenantStore renews it itself
-  when it has a TTL).
+- ``token``: the static VAULT_TOKEN, used as given; when it has a TTL and is renewable
+  it is renewed like a login token (the same RenewingToken, with GivenToken as its
+  "login": it looks the token up instead of logging in, and never revokes it).
 - ``approle``: log in at ``auth/<mount>/login`` with a role_id and a secret_id. The
   secret_id is read from its file at every login, so it can be rotated in place.
 - ``kubernetes``: log in at ``auth/<mount>/login`` with the pod's service-account token
@@ -13,7 +14,8 @@ AUTHZ_VAULT_AUTH picks the method:
 A token obtained by logging in is kept valid by a background thread: it is renewed
 (``auth/token/renew-self``) once ``RENEW_AT`` of its lease has passed, and replaced by a
 fresh login when it cannot be renewed, when renewal fails, or when Vault grants less
-than half of the login's TTL (the role's max TTL is near). A failed attempt is retried
+than half of the login's TTL (the role's max TTL is near); a token replaced by a new
+login is revoked, so logins never pile up live tokens. A failed attempt is retried
 with a capped backoff, never later than the token's expiry. Meanwhile reads keep using
 the current token while it is valid; once it has expired and no new one could be had,
 ``token()`` raises VaultUnavailable, so checks fail closed with a 500.
@@ -40,6 +42,7 @@ from authz.errors import VaultUnavailable
 __all__ = [
     "AUTH_METHODS",
     "AppRoleLogin",
+    "GivenToken",
     "KubernetesLogin",
     "LoginMethod",
     "RenewingToken",
@@ -117,6 +120,12 @@ class LoginMethod(Protocol):
     @property
     def mount(self) -> str: ...
 
+    @property
+    def owns_token(self) -> bool:
+        """Whether its tokens are ours to revoke (a login's are; VAULT_TOKEN belongs to
+        the operator)."""
+        ...
+
     def login(self, client: hvac.Client) -> dict[str, Any]:
         """Log in; returns Vault's ``auth`` block (client_token, lease_duration, renewable)."""
         ...
@@ -133,6 +142,27 @@ def _read_secret_file(path: str, what: str) -> str:
 
 
 @dataclass(frozen=True)
+class GivenToken:
+    """AUTHZ_VAULT_AUTH=token under RenewingToken: "logging in" looks VAULT_TOKEN up for
+    its TTL, so one lifecycle renews a static token and a login token alike."""
+
+    token: str = field(repr=False)
+    mount: str = "token"
+    name: str = "token"
+    owns_token: bool = False
+
+    def login(self, client: hvac.Client) -> dict[str, Any]:
+        client.token = self.token
+        try:
+            info = client.auth.token.lookup_self()["data"]
+        except hvac.exceptions.Forbidden:
+            # A token without lookup-self (no default policy): use it as it is.
+            return {"client_token": self.token, "lease_duration": 0, "renewable": False}
+        return {"client_token": self.token, "lease_duration": int(info.get("ttl") or 0),
+                "renewable": bool(info.get("renewable"))}
+
+
+@dataclass(frozen=True)
 class AppRoleLogin:
     """AppRole: role_id (given, or read from a file) plus a secret_id read from a file."""
 
@@ -141,6 +171,7 @@ class AppRoleLogin:
     secret_id_file: str | None = None
     mount: str = "approle"
     name: str = "approle"
+    owns_token: bool = True
 
     def login(self, client: hvac.Client) -> dict[str, Any]:
         role_id = self.role_id or _read_secret_file(self.role_id_file or "", "role_id")
@@ -162,6 +193,7 @@ class KubernetesLogin:
     token_file: str = DEFAULT_K8S_TOKEN_FILE
     mount: str = "kubernetes"
     name: str = "kubernetes"
+    owns_token: bool = True
 
     def login(self, client: hvac.Client) -> dict[str, Any]:
         jwt = _read_secret_file(self.token_file, "service account token")
@@ -272,13 +304,19 @@ class RenewingToken:
             self._thread.join(timeout=10)
         with self._io_lock, self._lock:
             lease, self._lease = self._lease, None
-        if lease is not None and self._clock() < lease.expires_at:
-            try:
-                client = self._auth_client()
-                client.token = lease.token
-                client.auth.token.revoke_self()
-            except _LOGIN_ERRORS as exc:
-                log.debug("vault token revoke failed", extra={"error": type(exc).__name__})
+        if lease is not None:
+            self._revoke(lease)
+
+    def _revoke(self, lease: _Lease) -> None:
+        """Give a token of ours back (best effort); never the operator's VAULT_TOKEN."""
+        if not self.method.owns_token or self._clock() >= lease.expires_at:
+            return
+        try:
+            client = self._auth_client()
+            client.token = lease.token
+            client.auth.token.revoke_self()
+        except _LOGIN_ERRORS as exc:
+            log.debug("vault token revoke failed", extra={"error": type(exc).__name__})
 
     # -- state -------------------------------------------------------------------
 
@@ -316,8 +354,12 @@ class RenewingToken:
             raise VaultUnavailable(
                 f"vault {self.method.name} login failed: {type(exc).__name__}"
             ) from None
+        previous = self._lease
         self._set(lease)
         self.logins += 1
+        if previous is not None and previous.token != lease.token:
+            # Readers still holding it get a 403, see the token has changed, and retry.
+            self._revoke(previous)
         log.info("vault login", extra={"method": self.method.name, "ttl_s": lease.ttl_s,
                                        "renewable": lease.renewable})
         return lease
@@ -425,5 +467,5 @@ def token_provider(login: VaultLogin) -> TokenProvider:
             mount=login.mount or "kubernetes",
         )
     else:
-        return StaticToken(login.token)
+        method = GivenToken(login.token)
     return RenewingToken(login.addr, method)

@@ -2,7 +2,8 @@
 # One-shot set-up of the compose stack's Vault (or OpenBao), run by the vault-init
 # service with the dev root token. Safe to run again.
 #   - KV v2 at secret/ (dev servers already have it; a real server may not)
-#   - policy relay-reader: read the tenants' secrets, nothing else
+#   - policy relay-reader: read the tenants' secrets, the client-key index and the
+#     client-key pepper (client keys are on by default), nothing else
 #   - AppRole "relay" with that policy; its role_id and a fresh secret_id are written to
 #     /vault-auth for the authz service (uid AUTHZ_UID), which logs in with them
 #   - the demo tenant DEMO_CLIENT_ID with OPENAI_API_KEY
@@ -29,9 +30,9 @@ if ! $cli auth list -format=json | grep -q '"approle/"'; then
 fi
 
 $cli policy write relay-reader - >/dev/null <<'HCL'
-path "secret/data/openai/clients/*" {
-  capabilities = ["read"]
-}
+path "secret/data/openai/clients/*" { capabilities = ["read"] }
+path "secret/data/openai/client-keys/*" { capabilities = ["read"] }
+path "secret/data/openai/relay/client-key-pepper" { capabilities = ["read"] }
 HCL
 $cli write auth/approle/role/relay \
   token_policies=relay-reader token_ttl=1h token_max_ttl=24h \

@@ -37,6 +37,7 @@ import pytest
 from testcontainers.core.container import DockerContainer
 
 from authz.edge.healthcheck import check as grpc_health
+from authz.tenants.policy import relay_policy_hcl
 from tests.containers.images import BuiltImages, build_all
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.firebase import FirebaseKeys
@@ -227,9 +228,7 @@ class ContainerStack:
                 secret["project"] = tenant.project
             root.secrets.kv.v2.create_or_update_secret(
                 path=f"openai/clients/{tenant.client_id}", secret=secret, mount_point="secret")
-        root.sys.create_or_update_policy(
-            name="relay-reader",
-            policy='path "secret/data/openai/clients/*" { capabilities = ["read"] }')
+        root.sys.create_or_update_policy(name="relay-reader", policy=relay_policy_hcl())
         root.sys.enable_auth_method("approle")
         root.write("auth/approle/role/relay", token_policies="relay-reader",
                    token_ttl="1h", token_max_ttl="4h")

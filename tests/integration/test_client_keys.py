@@ -3,6 +3,7 @@ real Envoy and `authz serve` to the TLS stand-in for OpenAI, and how revocation,
 and a tenant key rotation show over time (with the cache TTLs set to 2 s)."""
 
 import json
+import time
 
 import httpx2 as httpx
 import openai
@@ -161,3 +162,78 @@ def test_the_relay_needs_only_read_access(make_relay, vault, tenants):
     key = authz_json("keys", "issue", "acme", env=vault.env)["key"]
     relay = make_relay({"VAULT_TOKEN": token})
     assert status(relay, key) == 200
+
+
+def invalidate(relay, *client_id):
+    result = authz("cache", "invalidate", *client_id, "--admin",
+                   f"127.0.0.1:{relay.metrics_port}")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("scope", [(), ("acme",)], ids=["all", "one-tenant"])
+def test_cache_invalidate_drops_the_identity_and_the_record_of_a_revoked_key(
+    make_relay, vault, tenants, scope
+):
+    """Default TTLs (30 s): without the invalidation the revoked key would keep working
+    from the identity cache; `authz cache invalidate` must end it at once (issue 11, 4)."""
+    relay = make_relay()
+    issued = authz_json("keys", "issue", "acme", env=vault.env)
+    assert status(relay, issued["key"]) == 200
+    authz_json("keys", "revoke", "acme", issued["key_id"], env=vault.env)
+    assert status(relay, issued["key"]) == 200  # cached: that is what the TTL means
+    invalidate(relay, *scope)
+    assert status(relay, issued["key"]) == 401
+
+
+def test_a_revoked_key_stops_within_its_own_stale_bound_while_vault_fails(
+    make_relay, vault, tenants
+):
+    """The index entry is served stale only AUTHZ_CLIENT_KEY_STALE_IF_ERROR past its TTL
+    while Vault fails (tenant keys keep their hour): here 1 s + 2 s, plus one Vault read
+    timing out (5 s)."""
+    relay = make_relay({"AUTHZ_CLIENT_KEY_CACHE_TTL": "1s",
+                        "AUTHZ_CLIENT_KEY_STALE_IF_ERROR": "2s"})
+    issued = authz_json("keys", "issue", "acme", env=vault.env)
+    assert status(relay, issued["key"]) == 200
+    authz_json("keys", "revoke", "acme", issued["key_id"], env=vault.env)
+    vault.pause()  # the relay can no longer see the revocation
+    try:
+        started = time.monotonic()
+        codes = []
+        while time.monotonic() - started < 20:
+            codes.append(status(relay, issued["key"]))
+            if codes[-1] != 200:
+                break
+            time.sleep(0.2)  # poll interval
+        stopped_after = time.monotonic() - started
+    finally:
+        vault.resume()
+    print(f"revoked key refused {stopped_after:.1f}s after Vault stopped answering")
+    assert codes[-1] == 500, codes  # we cannot tell: fail closed, never the stale "yes"
+    assert stopped_after < 1 + 2 + 5 + 2, stopped_after
+
+
+def test_a_client_key_store_without_read_access_to_the_index_gives_401(
+    make_relay, vault, tenants
+):
+    """A token whose policy lacks the client-key paths (the old shipped policy): an
+    rk_ key is 401, never a 500 and never a login storm (issue 11, item 2)."""
+    token = vault.create_token(
+        'path "secret/data/openai/clients/*" { capabilities = ["read"] }\n',
+        policy_name="relay-tenants-only")
+    relay = make_relay({"VAULT_TOKEN": token})
+    made_up = "rk_" + "A" * 51
+    with httpx.Client(timeout=20) as client:
+        responses = [client.get(relay.api_base + "/models",
+                                headers={"authorization": f"Bearer {made_up}"})
+                     for _ in range(10)]
+    assert [r.status_code for r in responses] == [401] * 10
+    assert responses[0].json() == {"error": "Authentication failed"}
+    report = httpx.get(f"http://127.0.0.1:{relay.metrics_port}/readyz", timeout=10).json()
+    assert report["ready"] is True  # AUTHZ_CLIENT_KEYS=auto: reported, not fatal
+    assert report["client_keys"] == ("unverifiable: vault policy denies read on "
+                                     "secret/data/openai/relay/client-key-pepper")
+    log = relay.logs()["authz"]
+    # One line for the operator (the per-request lines are DEBUG, on in this suite).
+    assert log.count('"message": "client keys cannot be verified') == 1
+    assert token not in log

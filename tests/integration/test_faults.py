@@ -933,3 +933,22 @@ def test_10000_requests_across_tenants_through_a_vault_restart(
         wait_for(lambda name=name: call(relay, valid[name][0]).status_code == 200, 20,
                  f"{name} to be served after the Vault restart")
     assert (relay.authz.pid, relay.envoy.pid) == pids
+
+
+def test_a_signing_key_withdrawn_from_the_cert_set_stops_its_tokens(
+    make_relay, firebase, firebase_certs, upstream, token_for
+):
+    """A verified identity is reused at most AUTHZ_IDENTITY_CACHE_TTL, not until the
+    token's exp: once the issuer withdraws a key, its tokens stop within that TTL plus
+    the cert set's max-age (issue 11, item 5). Here 1 s + 1 s."""
+    firebase_certs.set_max_age(1)
+    relay = make_relay({"AUTHZ_IDENTITY_CACHE_TTL": "1s"})
+    token = token_for("acme")  # signed by the current key, valid for an hour
+    assert call(relay, token).status_code == 200
+    withdrawn = firebase.default_kid
+    firebase.add_key()
+    firebase.remove_key(withdrawn)
+    started = time.monotonic()
+    wait_for(lambda: call(relay, token).status_code == 401, 15, "the withdrawn key's token")
+    print(f"token of a withdrawn key refused after {time.monotonic() - started:.1f}s")
+    assert call(relay, token_for("acme")).status_code == 200  # the new key works

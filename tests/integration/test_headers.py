@@ -1,6 +1,7 @@
 """Headers both ways, exactly as DESIGN.md lists them."""
 
 import httpx2 as httpx
+import hvac.exceptions
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -16,6 +17,10 @@ HOSTILE = {
     "x-forwarded-proto": "http",
     "forwarded": "for=203.0.113.9",
     "x-real-ip": "203.0.113.9",
+    "cf-connecting-ip": "203.0.113.9",
+    "true-client-ip": "203.0.113.9",
+    "x-client-ip": "203.0.113.9",
+    "x-cluster-client-ip": "203.0.113.9",
     "x-envoy-upstream-rq-timeout-ms": "1",
     "x-envoy-original-path": "/admin",
     "openai-organization": "org-client-chosen",
@@ -93,3 +98,38 @@ def test_upstream_errors_pass_through_untouched(relay, upstream, token_for, stat
     assert response.headers["x-request-id"] == "req_test"
     assert "set-cookie" not in response.headers
     assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize("field", ["api_key", "organization", "project"])
+def test_a_tenant_value_that_cannot_be_a_header_is_a_500_naming_only_the_field(
+    relay, vault, upstream, token_for, field
+):
+    """A CR/LF in a Vault value would add headers of its own (issue 11, item 9)."""
+    client_id = f"crlf-{field.replace('_', '-')}"
+    values = {"api_key": "sk-crlf-0123456789abcdefgh", "organization": "org-ok",
+              "project": "proj-ok"}
+    values[field] = values[field] + "\r\nX-Injected: yes"
+    vault.put_tenant(client_id, values["api_key"], organization=values["organization"],
+                     project=values["project"])
+    with httpx.Client(timeout=20) as client:
+        response = client.get(relay.api_base + "/models",
+                              headers={"authorization": f"Bearer {token_for(client_id)}"})
+    assert response.status_code == 500
+    assert response.json() == {"error": "OpenAI proxy internal error",
+                               "details": "tenant record invalid"}
+    assert upstream.requests == []
+    log = relay.logs()["authz"]
+    assert f"field {field}" in log
+    assert "X-Injected" not in log
+
+
+def test_tenant_put_refuses_a_value_that_cannot_be_a_header(vault):
+    from tests.support.authz_cli import authz
+
+    result = authz("tenant", "put", "crlf-cli", "--organization", "org\r\nX-Injected: yes",
+                   env={**vault.env, "OPENAI_API_KEY": "sk-crlf-cli-0123456789abcd"})
+    assert result.returncode == 2, result.stderr
+    assert "organization" in result.stderr
+    assert "X-Injected" not in result.stderr
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        vault.read_tenant("crlf-cli")  # nothing was written

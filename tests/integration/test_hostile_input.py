@@ -804,3 +804,47 @@ def test_a_100mb_upload_streams_through_with_flat_memory(make_relay, upstream, t
           f"{ {n: v['VmRSS'] for n, v in before.items()} }, peak growth (kB) {growth}")
     assert growth["envoy"] < ENVOY_UPLOAD_GROWTH_BOUND_KB, growth
     assert growth["authz"] < AUTHZ_UPLOAD_GROWTH_BOUND_KB, growth
+
+
+# --------------------------------------------------------------------------- one spelling
+
+
+def _respelled(token: str, how: str) -> str:
+    head, body, sig = token.split(".")
+    if how == "signature-padding":
+        return f"{head}.{body}.{sig}{'=' * (-len(sig) % 4) or '===='}"
+    if how == "signature-std-alphabet":
+        assert "-" in sig or "_" in sig
+        return f"{head}.{body}.{sig.replace('-', '+').replace('_', '/')}"
+    raise AssertionError(how)
+
+
+# (Padding inside the token is already refused by the bearer syntax, RFC 6750 b64token.)
+@pytest.mark.parametrize("how", ["signature-padding", "signature-std-alphabet"])
+def test_another_spelling_of_a_valid_token_is_refused(relay, upstream, token_for, how):
+    """Each spelling would be a new identity-cache entry and an RSA check (issue 11, 5)."""
+    for attempt in range(20):  # a signature with a '-' or '_' in it, and padding to add
+        token = token_for("acme", uid=f"spelling-{attempt}")
+        sig = token.split(".")[2]
+        if ("-" in sig or "_" in sig) and len(sig) % 4:
+            break
+    assert one(relay, request_bytes("/api/openai/v1/models", [bearer(token)])).status == 200
+    upstream.clear()
+    response = one(relay, request_bytes("/api/openai/v1/models",
+                                        [bearer(_respelled(token, how))]))
+    assert_refused(response, upstream, 401, AUTH_FAILED)
+
+
+@pytest.mark.parametrize("claims", [{"exp": float("nan")}, {"exp": float("inf")},
+                                    {"auth_time": float("nan")}, {"nbf": float("-inf")}],
+                         ids=["exp-nan", "exp-infinity", "auth-time-nan", "nbf-minus-infinity"])
+def test_non_finite_numbers_in_a_signed_token_are_refused(relay, upstream, token_for, claims):
+    response = one(relay, request_bytes("/api/openai/v1/models",
+                                        [bearer(token_for("acme", **claims))]))
+    assert_refused(response, upstream, 401, AUTH_FAILED)
+
+
+def test_a_signed_token_with_a_crit_header_is_refused(relay, upstream, firebase):
+    token = firebase.sign(firebase.claims(None, "user-1", "acme"), header={"crit": ["exp"]})
+    response = one(relay, request_bytes("/api/openai/v1/models", [bearer(token)]))
+    assert_refused(response, upstream, 401, AUTH_FAILED)

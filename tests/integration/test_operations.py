@@ -100,7 +100,8 @@ def test_readiness_follows_certs_vault_and_authz(make_relay, firebase_certs, tok
     readyz = f"http://127.0.0.1:{relay.metrics_port}/readyz"
     report = httpx.get(readyz, timeout=5)
     assert report.status_code == 503
-    assert report.json() == {"ready": False, "certs_loaded": False, "vault_reached": True}
+    assert report.json() == {"ready": False, "certs_loaded": False, "vault_reached": True,
+                             "client_keys": "ok"}
     assert httpx.get(relay.health_url, timeout=5).status_code == 503
     firebase_certs.set_down(False)
     wait_for(lambda: httpx.get(readyz, timeout=5).status_code == 200, what="authz ready")
@@ -191,3 +192,15 @@ def test_authz_up_drains_open_streams_on_sigterm(start_up, firebase, vault):
         assert "draining" in up.log_text()
     finally:
         up.stop()
+
+
+def test_admin_invalidate_needs_a_header_a_cross_site_request_cannot_send(relay):
+    """A page in a local browser can POST a "simple" cross-site request to loopback; it
+    cannot add a custom header without a CORS preflight, which this port never grants."""
+    url = f"http://127.0.0.1:{relay.metrics_port}/admin/invalidate"
+    with httpx.Client(timeout=10) as client:
+        simple = client.post(url, content=b"a=b",
+                             headers={"content-type": "application/x-www-form-urlencoded"})
+        assert simple.status_code == 403
+        assert "X-Relay-Admin" in simple.json()["error"]
+        assert client.post(url, headers={"X-Relay-Admin": "1"}).status_code == 200

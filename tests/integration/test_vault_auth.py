@@ -329,3 +329,26 @@ def test_static_token_still_works(bao, providers):
     assert key.api_key == TENANT_KEY
     with pytest.raises(hvac.exceptions.Forbidden):
         hvac.Client(url=bao.addr, token="not-a-token").auth.token.lookup_self()
+
+
+def test_a_policy_403_is_not_an_expired_token_no_login_storm(make_relay, make_approle,
+                                                              upstream: FakeOpenAI):
+    """The AppRole's policy grants tenant keys only (the old shipped policy). rk_-shaped
+    bearers make authz read paths it may not: that is a policy to fix, not a token to
+    replace, so no new login (and no pile of live tokens), and 401, not 500."""
+    approle = make_approle()
+    stack = make_relay({
+        "VAULT_TOKEN": "",
+        "AUTHZ_VAULT_AUTH": "approle",
+        "AUTHZ_VAULT_AUTH_MOUNT": APPROLE_MOUNT,
+        "AUTHZ_VAULT_ROLE_ID": approle.role_id,
+        "AUTHZ_VAULT_SECRET_ID_FILE": str(approle.secret_id_file),
+    })
+    with httpx.Client(timeout=20) as client:
+        codes = [client.get(stack.api_base + "/models",
+                            headers={"authorization": f"Bearer rk_{'B' * 50}{i}"}).status_code
+                 for i in range(8)]
+    assert codes == [401] * 8
+    assert upstream.requests == []
+    authz_log = stack.logs()["authz"]
+    assert authz_log.count('"message": "vault login"') == 1

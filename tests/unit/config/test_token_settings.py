@@ -72,3 +72,21 @@ def test_check_revoked_needs_a_firebase_project():
                              ).firebase_check_revoked
     with pytest.raises(ConfigError, match="AUTHZ_FIREBASE_CHECK_REVOKED"):
         Settings.from_env({"AUTHZ_CLIENT_KEYS": "on", "AUTHZ_FIREBASE_CHECK_REVOKED": "true"})
+
+
+def test_client_key_stale_bound_and_identity_reuse_have_short_defaults():
+    settings = Settings.from_env({"AUTHZ_FIREBASE_PROJECT_ID": "demo-relay"})
+    assert settings.client_key_stale_if_error_s == 60.0
+    assert settings.key_stale_if_error_s == 3600.0  # tenant keys keep their hour
+    assert settings.identity_cache_ttl_s == 300.0
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("AUTHZ_CLIENT_KEY_STALE_IF_ERROR", "2h"),
+    ("AUTHZ_CLIENT_KEY_STALE_IF_ERROR", "soon"),
+    ("AUTHZ_IDENTITY_CACHE_TTL", "0s"),
+    ("AUTHZ_IDENTITY_CACHE_TTL", "2h"),
+])
+def test_the_new_bounds_are_validated_and_named(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({"AUTHZ_FIREBASE_PROJECT_ID": "demo-relay", name: value})

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from authz.credentials.firebase import FirebaseVerifier
+from authz.credentials.jose import jwt
 from authz.credentials.jose.certs import CertStore, parse_max_age
 from authz.errors import AuthenticationFailed, CertsUnavailable
 from tests.support.firebase import FirebaseKeys
@@ -28,7 +29,8 @@ def verify(token: str, endpoint: FakeCertsEndpoint, **kw) -> dict:
     async def run() -> dict:
         store = CertStore("https://certs.test/", fetch=endpoint, **kw)
         await store.refresh(force=True)
-        return await FirebaseVerifier(PROJECT, store, clock_skew_s=30).verified_claims(token)
+        verifier = FirebaseVerifier(PROJECT, store, clock_skew_s=30)
+        return await verifier.verified_claims(jwt.parse(token))
 
     return asyncio.run(run())
 

@@ -17,6 +17,7 @@ from authz.errors import ConfigError, VaultUnavailable
 from authz.settings import Settings
 from authz.tenants.vault_login import (
     AppRoleLogin,
+    GivenToken,
     KubernetesLogin,
     RenewingToken,
     StaticToken,
@@ -46,6 +47,7 @@ class FakeVault:
 class FakeMethod:
     name = "fake"
     mount = "fake"
+    owns_token = True
 
     def __init__(self, vault: FakeVault) -> None:
         self.vault = vault
@@ -272,7 +274,11 @@ BASE = {"AUTHZ_FIREBASE_PROJECT_ID": "demo-relay"}
 def test_default_is_the_static_token():
     settings = Settings.from_env({**BASE, "VAULT_TOKEN": "s.abc"})
     assert settings.vault_auth == "token"
-    assert isinstance(token_provider(settings.vault_login), StaticToken)
+    provider = token_provider(settings.vault_login)
+    # The same lifecycle as a login token: renewed if it has a TTL, never revoked.
+    assert isinstance(provider, RenewingToken)
+    assert isinstance(provider.method, GivenToken)
+    assert not provider.method.owns_token
 
 
 def test_approle_settings(tmp_path: Path):
@@ -314,3 +320,29 @@ def test_kubernetes_settings(tmp_path: Path):
 def test_bad_login_settings_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({**BASE, **env})
+
+
+def test_stopping_token_renewal_never_blocks_the_event_loop():
+    """Joining the renewal thread and revoking the token block; shutdown must not stall
+    the loop that is still finishing in-flight checks (issue 11, item 9)."""
+    import asyncio
+    import threading
+
+    from authz.tenants.vault import VaultTenantStore
+
+    class SlowToClose(StaticToken):
+        def __init__(self) -> None:
+            super().__init__("s.token")
+            self.loop_ran = threading.Event()
+
+        def close(self) -> None:
+            # Returns at once if the loop keeps running while we block here.
+            assert self.loop_ran.wait(2), "the event loop was blocked during close()"
+
+    async def scenario() -> None:
+        provider = SlowToClose()
+        store = VaultTenantStore("http://vault.invalid", provider)
+        asyncio.get_running_loop().call_later(0.01, provider.loop_ran.set)
+        await store.stop_token_renewal()
+
+    asyncio.run(scenario())
