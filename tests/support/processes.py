@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import random
 import re
 import signal
 import socket
@@ -37,12 +38,38 @@ class ProcessDiedError(RuntimeError):
     """A process exited while we were waiting for it to become ready."""
 
 
+# Ports for servers the tests start later: below the kernel's ephemeral range, so the
+# source port of some outgoing connection (there are thousands under load) cannot take
+# one between the moment it is chosen and the moment the server binds it. Envoy's
+# listeners refuse a port in use (no SO_REUSEPORT), so such a race would fail a start.
+_EPHEMERAL_LOW = 32768
+_PICK_LOW = 15000
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _EPHEMERAL_LOW
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bind port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port that was free a moment ago, outside the ephemeral range (bound once
+    to check, then closed)."""
+    high = _ephemeral_low() - 1
+    for _ in range(200):
+        port = random.randint(_PICK_LOW, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # crowded: any port
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        chosen: int = s.getsockname()[1]
+        return chosen
 
 
 def _check_alive(process: ManagedProcess | None) -> None:
