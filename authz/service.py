@@ -54,6 +54,7 @@ class AuthzService:
         self.certs = CertStore(settings.firebase_certs_url)
         # One login, shared by every Vault reader.
         vault_tokens = token_provider(settings.vault_login)
+        self.vault_tokens = vault_tokens
         self.vault = VaultTenantStore(
             settings.vault_addr, vault_tokens,
             mount=settings.vault_mount, path_template=settings.vault_path,
@@ -165,11 +166,40 @@ def _check_handler(service: AuthzService) -> grpc.GenericRpcHandler:
     )
 
 
+def _fast_path(service: AuthzService, server: grpc.aio.Server) -> Any:
+    """AUTHZ_FAST_PATH=on: the ADS server on the same port, and its control loop."""
+    from authz.fastpath.tenants import TenantSource
+    from authz.fastpath.xds import AdsServer, FastPathControl, add_to_server
+    from authz.tenants.vault import KvStore
+
+    settings = service.settings
+    ads = AdsServer()
+    add_to_server(ads, server)
+    kv = KvStore(settings.vault_addr, service.vault_tokens, mount=settings.vault_mount)
+    # Firebase tokens that need more than Envoy can check (emulator tokens, the
+    # revocation check) all stay on ext_authz: no project is handed to Envoy then.
+    served_project = ("" if settings.firebase_emulator_mode or settings.firebase_check_revoked
+                      else settings.firebase_project_id)
+    # A tenant without a policy gets AUTHZ_DEFAULT_POLICY (governance): served only
+    # while that default is the plain {"endpoints": "all"}.
+    default_policy = getattr(settings, "default_policy", None)
+    default_is_plain = default_policy is None or default_policy == {"endpoints": "all"}
+    return FastPathControl(
+        ads,
+        TenantSource(kv, settings.vault_path, default_is_plain=default_is_plain),
+        service.certs.current,
+        project_id=served_project,
+        client_id_claims=settings.client_id_claims,
+        clock_skew_s=settings.clock_skew_s,
+    )
+
+
 async def serve(settings: Settings) -> None:
     logs.configure(settings.log_level)
     service = AuthzService(settings)
     server = grpc.aio.server(options=_GRPC_OPTIONS)
     server.add_generic_rpc_handlers([_check_handler(service)])
+    fast_path = _fast_path(service, server) if settings.fast_path else None
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     grpc_addr = format_addr(settings.grpc_addr)
@@ -188,6 +218,8 @@ async def serve(settings: Settings) -> None:
 
         def invalidate_on_loop(client_id: str | None) -> None:
             loop.call_soon_threadsafe(service.invalidate, client_id)
+            if fast_path is not None:
+                loop.call_soon_threadsafe(fast_path.poke)
 
         try:
             admin = AdminServer(
@@ -208,6 +240,8 @@ async def serve(settings: Settings) -> None:
     # answer 500 until certs arrive, the refresher keeps trying, health says NOT_SERVING).
     await service.tokens.start()
     service.vault.start_token_renewal()
+    if fast_path is not None:
+        fast_path.start()
     readiness = asyncio.ensure_future(service.watch_readiness(health_servicer))
     log.info("authz serving", extra={
         "grpc": grpc_addr,
@@ -227,6 +261,8 @@ async def serve(settings: Settings) -> None:
     readiness.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
+    if fast_path is not None:
+        await fast_path.stop()
     await service.tokens.stop()
     service.vault.stop_token_renewal()
     if admin is not None:

@@ -31,6 +31,7 @@ from authz.config.env import (
     parse_bool,
     parse_duration,
     parse_int,
+    parse_on_off,
     process_environment,
     require_https_off_loopback,
 )
@@ -129,6 +130,9 @@ class Settings:
     google_cloud_project: str = ""
     # Browser origins allowed to call the relay (authz/stack/cors.py); Envoy enforces them.
     cors_origins: tuple[str, ...] = ()
+    # Envoy verifies Firebase ID tokens and injects tenant keys itself, fed over xDS by
+    # this service (authz/fastpath/); what it cannot decide alone stays on ext_authz.
+    fast_path: bool = False
 
     @property
     def client_keys_enabled(self) -> bool:
@@ -240,6 +244,7 @@ class Settings:
             "openai_api_key": get("OPENAI_API_KEY"),
             "google_cloud_project": get("GOOGLE_CLOUD_PROJECT"),
             **cors.settings_from_env(get),
+            "fast_path": parse_on_off("AUTHZ_FAST_PATH", get("AUTHZ_FAST_PATH") or "off"),
         }
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         if "vault_addr" in given:
@@ -346,6 +351,9 @@ class Settings:
         if self.client_keys_enabled and not self.vault_path.endswith("/{client_id}"):
             raise ConfigError("AUTHZ_VAULT_PATH must end in /{client_id} while client keys are "
                               "enabled (their records live under it); or set AUTHZ_CLIENT_KEYS=off")
+        if self.fast_path and not self.vault_path.endswith("/{client_id}"):
+            raise ConfigError("AUTHZ_FAST_PATH=on needs AUTHZ_VAULT_PATH to end in "
+                              "/{client_id}: the fast path lists the tenants under it")
         method = self.vault_auth
         if method not in AUTH_METHODS:
             raise ConfigError(

@@ -126,6 +126,7 @@ class RelayStack:
                     check_timeout_s=self.check_timeout_s,
                     stream_idle_timeout_s=self.stream_idle_timeout_s,
                     cors_origins=parse_origins(self.env.get("AUTHZ_CORS_ORIGINS", "")),
+                    fast_path=self.env.get("AUTHZ_FAST_PATH", "off") == "on",
                 )
             )
         )

@@ -1,0 +1,263 @@
+"""The fast path's xDS resources: Envoy's jwt_authn and Lua extension configs.
+
+Protobuf lives here and in xds.py only. Every builder is a pure function of plain values
+(keys, tenants, settings), so what Envoy is sent is unit-tested without an Envoy.
+
+Parity with the authz service (authz/credentials/firebase.py, jose/jwt.py,
+tenants/client_id.py) is kept by construction: the fast path only ever *allows*, and
+only when every rule the service applies holds; on anything else it decides nothing
+and ext_authz answers, with the contract's status and body, in the same pass.
+What checks what:
+- jwt_authn: RS256 signature against Firebase's keys (each JWK says alg RS256, so no
+  other algorithm and no "none" can verify), iss, aud (any of), exp present and
+  not past (clock_skew_seconds), nbf.
+- Lua, on the verified payload and header: alg RS256 and a non-empty kid, iss and aud
+  exactly (aud a string, not a list), exp/iat/auth_time numbers, iat and auth_time
+  not in the future, exp not past, nbf, a non-empty sub of at most 128 bytes (the
+  service counts characters: longer non-ASCII subjects go to ext_authz), a bearer
+  header of the service's shape holding at most 16 KiB of token, exactly one
+  authorization header, and the clientId claims in order (the first present decides;
+  it must be a string naming a tenant in the table, whose ids are all valid).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from envoy.config.core.v3 import extension_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from google.protobuf import any_pb2
+
+from authz.credentials.firebase import ISSUER_PREFIX
+from authz.credentials.jose.jwt import MAX_TOKEN_BYTES
+from authz.fastpath.blocks import (
+    DECIDED_KEY,
+    DECIDED_NAMESPACE,
+    JWT_FILTER,
+    LUA_FILTER,
+    NOOP_LUA,
+)
+
+PROVIDER = "firebase"
+PAYLOAD_KEY = "firebase_payload"
+HEADER_KEY = "firebase_header"
+JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
+# The access log reads the tenant from ext_authz's namespace; the fast path writes the
+# same keys there, so one log format serves both paths.
+LOG_NAMESPACE = "envoy.filters.http.ext_authz"
+MAX_SUBJECT = 128
+JWT_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class FastTenant:
+    """A tenant the fast path serves: its key and optional OpenAI org/project."""
+
+    client_id: str
+    api_key: str = field(repr=False)
+    organization: str | None = None
+    project: str | None = None
+
+
+def _b64url_uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def jwks_from_keys(keys: Mapping[str, RSAPublicKey]) -> dict[str, object]:
+    """Firebase's certs (kid → RSA public key) as a JSON Web Key Set, RS256 only."""
+    jwks = []
+    for kid in sorted(keys):
+        numbers = keys[kid].public_numbers()
+        jwks.append({"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
+                     "n": _b64url_uint(numbers.n), "e": _b64url_uint(numbers.e)})
+    return {"keys": jwks}
+
+
+def jwt_authn_config(project_id: str, keys: Mapping[str, RSAPublicKey],
+                     clock_skew_s: float) -> jwt_pb2.JwtAuthentication:
+    """jwt_authn that verifies Firebase ID tokens of project_id and never rejects.
+
+    No project or no keys: no provider at all (every request goes to ext_authz).
+    """
+    config = jwt_pb2.JwtAuthentication()
+    if not project_id or not keys:
+        return config
+    provider = config.providers[PROVIDER]
+    provider.issuer = ISSUER_PREFIX + project_id
+    provider.audiences.append(project_id)
+    provider.require_expiration = True
+    provider.local_jwks.inline_string = json.dumps(jwks_from_keys(keys), sort_keys=True)
+    # Only the Authorization header: no access_token query parameter (jwt_authn's
+    # default), so the token verified is the one ext_authz would have been sent.
+    header = provider.from_headers.add()
+    header.name = "authorization"
+    header.value_prefix = "Bearer "
+    # Kept: when the Lua filter does not decide, ext_authz needs the token.
+    provider.forward = True
+    provider.payload_in_metadata = PAYLOAD_KEY
+    provider.header_in_metadata = HEADER_KEY
+    provider.clock_skew_seconds = int(clock_skew_s)
+    provider.jwt_cache_config.jwt_cache_size = JWT_CACHE_SIZE
+    rule = config.rules.add()
+    rule.match.prefix = "/"
+    any_of = rule.requires.requires_any.requirements
+    any_of.add().provider_name = PROVIDER
+    # A missing or failed token is not refused here: ext_authz gives the contract's 401.
+    any_of.add().allow_missing_or_failed.SetInParent()
+    return config
+
+
+def _lua_string(value: str) -> str:
+    """A Lua string literal for any text: printable ASCII as is, all else as \\ddd."""
+    out = []
+    for byte in value.encode("utf-8"):
+        char = chr(byte)
+        if 0x20 <= byte < 0x7F and char not in ('"', "\\"):
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03d}")
+    return '"' + "".join(out) + '"'
+
+
+def _lua_opt(value: str | None) -> str:
+    return "false" if value is None else _lua_string(value)
+
+
+_LUA_BODY = """
+local function claim(payload, path)
+  local node = payload
+  for _, part in ipairs(path) do
+    if type(node) ~= "table" then return nil end
+    node = node[part]
+    if node == nil then return nil end
+  end
+  return node
+end
+
+local function num(value)
+  return type(value) == "number"
+end
+
+function envoy_on_request(handle)
+  local metadata = handle:streamInfo():dynamicMetadata()
+  local verified = metadata:get(JWT_NAMESPACE)
+  if verified == nil then return end
+  local payload = verified[PAYLOAD_KEY]
+  local header = verified[HEADER_KEY]
+  if type(payload) ~= "table" or type(header) ~= "table" then return end
+  if header.alg ~= "RS256" then return end
+  if type(header.kid) ~= "string" or header.kid == "" then return end
+  local headers = handle:headers()
+  if headers:getNumValues("authorization") ~= 1 then return end
+  local token = string.match(headers:get("authorization"),
+    "^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9%-%._~%+/]+=*) *$")
+  if token == nil or #token > MAX_TOKEN then return end
+  if payload.iss ~= ISSUER or payload.aud ~= AUDIENCE then return end
+  -- os.time() is whole seconds: rounded so that each check is as strict as the service's.
+  local now = os.time()
+  if not num(payload.exp) or payload.exp <= now + 1 - SKEW then return end
+  if not num(payload.iat) or payload.iat > now + SKEW then return end
+  if not num(payload.auth_time) or payload.auth_time > now + SKEW then return end
+  if payload.nbf ~= nil and (not num(payload.nbf) or payload.nbf > now + SKEW) then return end
+  local sub = payload.sub
+  if type(sub) ~= "string" or sub == "" or #sub > MAX_SUBJECT then return end
+  local client_id = nil
+  for _, path in ipairs(CLAIMS) do
+    client_id = claim(payload, path)
+    if client_id ~= nil then break end
+  end
+  if type(client_id) ~= "string" then return end
+  local tenant = TENANTS[client_id]
+  if tenant == nil then return end
+  headers:replace("authorization", tenant[1])
+  if tenant[2] then
+    headers:replace("openai-organization", tenant[2])
+  else
+    headers:remove("openai-organization")
+  end
+  if tenant[3] then
+    headers:replace("openai-project", tenant[3])
+  else
+    headers:remove("openai-project")
+  end
+  metadata:set(LOG_NAMESPACE, "client_id", client_id)
+  metadata:set(LOG_NAMESPACE, "token_type", "firebase")
+  metadata:set(DECIDED_NAMESPACE, DECIDED_KEY, true)
+end
+"""
+
+
+def lua_source(project_id: str, tenants: Sequence[FastTenant],
+               client_id_claims: Sequence[str], clock_skew_s: float) -> str:
+    """The Lua filter's code: constants, the tenant table, then the fixed logic.
+
+    Every value is a Lua string literal built by _lua_string (no text from Vault or a
+    setting is ever spliced in raw). No project: the no-op, everything to ext_authz.
+    """
+    if not project_id:
+        return NOOP_LUA
+    lines = [
+        "-- Generated by authz/fastpath/resources.py: the fast path's tenant table.",
+        f"local JWT_NAMESPACE = {_lua_string(JWT_METADATA_NAMESPACE)}",
+        f"local PAYLOAD_KEY = {_lua_string(PAYLOAD_KEY)}",
+        f"local HEADER_KEY = {_lua_string(HEADER_KEY)}",
+        f"local LOG_NAMESPACE = {_lua_string(LOG_NAMESPACE)}",
+        f"local DECIDED_NAMESPACE = {_lua_string(DECIDED_NAMESPACE)}",
+        f"local DECIDED_KEY = {_lua_string(DECIDED_KEY)}",
+        f"local ISSUER = {_lua_string(ISSUER_PREFIX + project_id)}",
+        f"local AUDIENCE = {_lua_string(project_id)}",
+        f"local SKEW = {int(clock_skew_s)}",
+        f"local MAX_TOKEN = {MAX_TOKEN_BYTES}",
+        f"local MAX_SUBJECT = {MAX_SUBJECT}",
+        "local CLAIMS = {",
+        *(
+            "  {" + ", ".join(_lua_string(part) for part in name.split(".")) + "},"
+            for name in client_id_claims
+        ),
+        "}",
+        "local TENANTS = {",
+        *(
+            f"  [{_lua_string(t.client_id)}] = {{{_lua_string('Bearer ' + t.api_key)}, "
+            f"{_lua_opt(t.organization)}, {_lua_opt(t.project)}}},"
+            for t in sorted(tenants, key=lambda t: t.client_id)
+        ),
+        "}",
+    ]
+    return "\n".join(lines) + _LUA_BODY
+
+
+def lua_config(source: str) -> lua_pb2.Lua:
+    config = lua_pb2.Lua()
+    config.default_source_code.inline_string = source
+    return config
+
+
+def extension_config(name: str, message: object) -> extension_pb2.TypedExtensionConfig:
+    """An ECDS resource: the filter's name and its typed config."""
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return extension_pb2.TypedExtensionConfig(name=name, typed_config=packed)
+
+
+def build_resources(
+    project_id: str,
+    keys: Mapping[str, RSAPublicKey],
+    tenants: Sequence[FastTenant],
+    client_id_claims: Sequence[str],
+    clock_skew_s: float,
+) -> dict[str, extension_pb2.TypedExtensionConfig]:
+    """Both ECDS resources by name. Without keys nothing can verify, so the Lua
+    filter stays the no-op too (the jwt_authn config then has no provider)."""
+    source = (lua_source(project_id, tenants, client_id_claims, clock_skew_s)
+              if keys else NOOP_LUA)
+    return {
+        JWT_FILTER: extension_config(JWT_FILTER,
+                                     jwt_authn_config(project_id, keys, clock_skew_s)),
+        LUA_FILTER: extension_config(LUA_FILTER, lua_config(source)),
+    }

@@ -1,0 +1,78 @@
+"""Which tenants the fast path serves, and with what: read from Vault (KV v2).
+
+The tenants are the Vault KV list under AUTHZ_VAULT_PATH's parent (as `authz tenant
+list` finds them); each record is read as the authz service reads it (api_key,
+organization, project, stripped). A tenant is served only while Envoy can do for it
+everything the authz service would: for this slice, a policy that is the plain
+`{"endpoints": "all"}` with no models and no limits. Any other tenant (governed, or
+with a record the service would refuse) is left out, and so stays on ext_authz.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from authz.fastpath.resources import FastTenant
+from authz.tenants.client_id import is_valid_client_id
+from authz.tenants.vault import KvStore
+
+PLAIN_POLICY = {"endpoints": "all"}
+
+
+def is_plain_policy(policy: Any, *, default_is_plain: bool = True) -> bool:
+    """The policy of a record (None: the record has none, so the default applies)."""
+    if policy is None:
+        return default_is_plain
+    if isinstance(policy, str):
+        try:
+            policy = json.loads(policy)
+        except ValueError:
+            return False
+    return isinstance(policy, dict) and policy == PLAIN_POLICY
+
+
+def tenant_from_record(client_id: str, data: dict[str, Any] | None, *,
+                       default_is_plain: bool = True) -> FastTenant | None:
+    """The fast path's view of one tenant record; None when it must stay on ext_authz."""
+    if data is None or not is_valid_client_id(client_id):
+        return None
+    api_key = data.get("api_key")
+    if not isinstance(api_key, str) or not api_key.strip():
+        return None
+    if not is_plain_policy(data.get("policy"), default_is_plain=default_is_plain):
+        return None
+
+    def optional(name: str) -> str | None:
+        value = data.get(name)
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+    return FastTenant(client_id, api_key.strip(), optional("organization"), optional("project"))
+
+
+class TenantSource:
+    """Lists and reads the tenants (blocking: called from a worker thread)."""
+
+    def __init__(self, kv: KvStore, path_template: str, *, default_is_plain: bool = True
+                 ) -> None:
+        parent, _, leaf = path_template.rpartition("/")
+        if leaf != "{client_id}" or "{client_id}" in parent:
+            raise ValueError("AUTHZ_VAULT_PATH must end in /{client_id} to list tenants")
+        self._kv = kv
+        self._parent = parent
+        self._template = path_template
+        self._default_is_plain = default_is_plain
+
+    def read_all(self) -> list[FastTenant]:
+        """Every servable tenant; VaultUnavailable when Vault cannot be read."""
+        names = sorted({name.rstrip("/") for name in self._kv.list(self._parent)})
+        tenants = []
+        for name in names:
+            if not is_valid_client_id(name):
+                continue
+            tenant = tenant_from_record(
+                name, self._kv.read(self._template.format(client_id=name)),
+                default_is_plain=self._default_is_plain)
+            if tenant is not None:
+                tenants.append(tenant)
+        return tenants
