@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,6 +31,9 @@ from authz.settings import Settings, format_addr
 from authz.tenants.key_cache import KeyCache
 from authz.tenants.vault import VaultTenantStore
 from authz.tenants.vault_login import token_provider
+
+if TYPE_CHECKING:
+    from authz.fastpath.xds import FastPathControl
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +169,7 @@ def _check_handler(service: AuthzService) -> grpc.GenericRpcHandler:
     )
 
 
-def _fast_path(service: AuthzService, server: grpc.aio.Server) -> Any:
+def _fast_path(service: AuthzService, server: grpc.aio.Server) -> FastPathControl:
     """AUTHZ_FAST_PATH=on: the ADS server on the same port, and its control loop."""
     from authz.fastpath.tenants import TenantSource
     from authz.fastpath.xds import AdsServer, FastPathControl, add_to_server
@@ -260,9 +263,10 @@ async def serve(settings: Settings) -> None:
     log.info("authz stopping: finishing in-flight checks", extra={"grace_s": grace_s})
     readiness.cancel()
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace_s)
     if fast_path is not None:
         await fast_path.stop()
+        fast_path.ads.close()
+    await server.stop(grace_s)
     await service.tokens.stop()
     service.vault.stop_token_renewal()
     if admin is not None:

@@ -42,6 +42,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._version = 0
         self._streams: set[asyncio.Event] = set()
         self._nonces = itertools.count(1)
+        self._closed = False
         self.pushes = 0
 
     @property
@@ -60,6 +61,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             wake.set()
         return True
 
+    def close(self) -> None:
+        """End every stream (at shutdown: a server drain waits for open streams, and
+        these never end on their own). Envoy keeps the configs it has."""
+        self._closed = True
+        for wake in self._streams:
+            wake.set()
+
     def _response(self, type_url: str, names: Sequence[str]) -> discovery_pb2.DiscoveryResponse:
         response = discovery_pb2.DiscoveryResponse(
             version_info=str(self._version), type_url=type_url, nonce=str(next(self._nonces)))
@@ -74,6 +82,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        if self._closed:
+            return
         wake = asyncio.Event()
         subscriptions: dict[str, list[str]] = {}
         sent: dict[str, int] = {}
@@ -98,7 +108,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             while True:
                 await wake.wait()
                 wake.clear()
-                if reader.done():
+                if reader.done() or self._closed:
                     break
                 for type_url, names in list(subscriptions.items()):
                     if sent.get(type_url) == self._version or not self._resources:

@@ -123,3 +123,18 @@ def test_no_module_but_the_settings_environment_reads_it():
         if any(word in path.read_text() for word in ("os.environ", "getenv("))
     )
     assert readers == ["config/env.py"]
+
+
+def test_fast_path_is_off_unless_on():
+    assert Settings.from_env(BASE).fast_path is False
+    assert Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on"}).fast_path is True
+    assert Settings.from_env({**BASE, "AUTHZ_FAST_PATH": " OFF "}).fast_path is False
+    for bad in ("yes", "true", "1", "fast"):
+        with pytest.raises(ConfigError, match="AUTHZ_FAST_PATH"):
+            Settings.from_env({**BASE, "AUTHZ_FAST_PATH": bad})
+
+
+def test_fast_path_needs_a_listable_vault_path():
+    with pytest.raises(ConfigError, match="AUTHZ_FAST_PATH=on needs AUTHZ_VAULT_PATH"):
+        Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on", "AUTHZ_CLIENT_KEYS": "off",
+                           "AUTHZ_VAULT_PATH": "openai/{client_id}/key"})
