@@ -20,7 +20,7 @@ What checks what:
   it must be a string naming a tenant in the table, whose ids are all valid).
   A token that passed all of it is remembered (per Envoy worker, until the next
   config) by its exact Authorization value with its exp, like the service's identity
-  cache: measured here, that halves the Lua filter's cost on a warm token.
+  cache: measured here, a warm token then costs about what a one-line Lua filter does.
 """
 
 from __future__ import annotations

@@ -387,3 +387,19 @@ def test_config_is_json_serialisable_for_the_access_log(fast_relay):
              if line.startswith("{")]
     assert lines
     assert all({"status", "client_id", "token_type"} <= set(line) for line in lines)
+
+
+def test_a_remembered_token_still_expires(fast_relay, upstream, token_for):
+    # Expired 27 s ago: still inside the 30 s clock skew for about 2 s more. Served by
+    # the fast path (and so remembered by it), then refused once the skew runs out.
+    token = token_for("acme", exp=int(time.time()) - 27)
+    with Paths(fast_relay) as paths:
+        assert get(fast_relay, bearer(token)).status_code == 200
+    assert paths.fast == 1
+
+    def refused() -> bool:
+        return get(fast_relay, bearer(token)).status_code == 401
+
+    seconds_until(refused, timeout=6)
+    upstream.clear()
+    assert_denied(get(fast_relay, bearer(token)), upstream, 401, AUTH_FAILED)
