@@ -396,3 +396,26 @@ def test_a_remembered_token_still_expires(fast_relay, upstream, token_for):
     seconds_until(refused, timeout=6)
     upstream.clear()
     assert_denied(get(fast_relay, bearer(token)), upstream, 401, AUTH_FAILED)
+
+
+def test_authz_up_runs_the_fast_path(start_up, upstream, token_for, tmp_path):
+    logs = tmp_path / "up-logs"
+    running = start_up({"AUTHZ_FAST_PATH": "on", "OPENAI_API_KEY": "sk-demo-fast-0123456789"},
+                       "--demo", "--logs", str(logs))
+    config = (logs / "envoy.yaml").read_text()
+    admin = re.search(r"^admin:\n.*?port_value: (\d+)", config, re.MULTILINE | re.DOTALL)
+    assert admin is not None
+    stack = RelayStack({}, logs, admin_port=int(admin.group(1)))
+    stack.wait_for_fast_path()
+
+    def served_by_envoy() -> bool:
+        # The demo tenant is stored just before the banner: within a push of it, Envoy
+        # serves it alone (until then ext_authz does).
+        with Paths(stack) as paths, httpx.Client(timeout=20) as client:
+            response = client.get(running.api_base + "/models",
+                                  headers=bearer(token_for("demo")))
+        assert response.status_code == 200
+        return paths.fast == 1
+
+    seconds_until(served_by_envoy, PUSH_DEADLINE_S)
+    assert upstream.requests[-1].header("authorization") == "Bearer sk-demo-fast-0123456789"
