@@ -175,6 +175,9 @@ local function decide(handle, headers, client_id, tenant)
 end
 
 function envoy_on_request(handle)
+  -- Past the lease the authz service did not renew (it is down or cut off), decide
+  -- nothing: ext_authz then fails closed, as with the fast path off.
+  if os.time() >= LEASE_UNTIL then return end
   local headers = handle:headers()
   if headers:getNumValues("authorization") ~= 1 then return end
   local authorization = headers:get("authorization")
@@ -224,7 +227,8 @@ end
 
 
 def lua_source(project_id: str, tenants: Sequence[FastTenant],
-               client_id_claims: Sequence[str], clock_skew_s: float) -> str:
+               client_id_claims: Sequence[str], clock_skew_s: float,
+               lease_until: int) -> str:
     """The Lua filter's code: constants, the tenant table, then the fixed logic.
 
     Every value is a Lua string literal built by _lua_string (no text from Vault or a
@@ -246,6 +250,7 @@ def lua_source(project_id: str, tenants: Sequence[FastTenant],
         f"local MAX_TOKEN = {MAX_TOKEN_BYTES}",
         f"local MAX_SUBJECT = {MAX_SUBJECT}",
         f"local CACHE_MAX = {LUA_CACHE_SIZE}",
+        f"local LEASE_UNTIL = {int(lease_until)}",
         "local CLAIMS = {",
         *(
             "  {" + ", ".join(_lua_string(part) for part in name.split(".")) + "},"
@@ -282,10 +287,11 @@ def build_resources(
     tenants: Sequence[FastTenant],
     client_id_claims: Sequence[str],
     clock_skew_s: float,
+    lease_until: int,
 ) -> dict[str, extension_pb2.TypedExtensionConfig]:
     """Both ECDS resources by name. Without keys nothing can verify, so the Lua
     filter stays the no-op too (the jwt_authn config then has no provider)."""
-    source = (lua_source(project_id, tenants, client_id_claims, clock_skew_s)
+    source = (lua_source(project_id, tenants, client_id_claims, clock_skew_s, lease_until)
               if keys else NOOP_LUA)
     return {
         JWT_FILTER: extension_config(JWT_FILTER,

@@ -7,6 +7,11 @@ in Vault, `authz cache invalidate`) bumps the version and is pushed to every str
 Vault is polled every `poll_s` (1 s), so a rotation reaches Envoy within about 1 s plus
 a Vault read; an invalidation triggers a poll at once.
 
+The Lua config carries a lease (a wall-clock deadline): renewed with a push every
+`renew_s`, it runs `lease_s` to `lease_s + renew_s` ahead. If this service dies or is
+cut off, Envoy stops deciding alone when the lease runs out, and ext_authz fails closed
+as with the fast path off: a tenant removed meanwhile is not served for longer.
+
 Nothing secret is logged: the Lua config holds tenant keys, so neither it nor Envoy's
 rejection message (which can quote it) is ever written out.
 """
@@ -17,6 +22,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -136,6 +143,9 @@ class FastPathControl:
         client_id_claims: Sequence[str],
         clock_skew_s: float,
         poll_s: float = 1.0,
+        lease_s: float = 10.0,
+        renew_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.ads = ads
         self._tenants = tenants
@@ -144,7 +154,11 @@ class FastPathControl:
         self._claims = tuple(client_id_claims)
         self._skew = clock_skew_s
         self._poll_s = poll_s
+        self._lease_s = lease_s
+        self._renew_s = renew_s
+        self._clock = clock
         self._last_tenants: list[FastTenant] = []
+        self._last_content: tuple[object, ...] = ()
         self._vault_failing = False
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -166,12 +180,18 @@ class FastPathControl:
                             extra={"cause": exc.log_detail})
             self._vault_failing = True
         keys = self._keys()
+        # Rounded up to whole renew periods: one push per period, not one per poll.
+        lease_until = int(math.ceil((self._clock() + self._lease_s) / self._renew_s)
+                          * self._renew_s)
         changed = self.ads.update(build_resources(
-            self._project_id, keys, self._last_tenants, self._claims, self._skew))
-        if changed:
+            self._project_id, keys, self._last_tenants, self._claims, self._skew,
+            lease_until))
+        content = (tuple(self._last_tenants), tuple(sorted(keys)))
+        if changed and content != self._last_content:
             log.info("fast path config updated", extra={
                 "version": self.ads.version, "tenants": len(self._last_tenants),
-                "signing_keys": len(keys)})
+                "signing_keys": len(keys), "lease_until": lease_until})
+        self._last_content = content
 
     async def run(self) -> None:
         while True:

@@ -419,3 +419,29 @@ def test_authz_up_runs_the_fast_path(start_up, upstream, token_for, tmp_path):
 
     seconds_until(served_by_envoy, PUSH_DEADLINE_S)
     assert upstream.requests[-1].header("authorization") == "Bearer sk-demo-fast-0123456789"
+
+
+def test_with_authz_down_envoy_stops_deciding_alone_when_the_lease_runs_out(
+        make_relay, upstream, token_for):
+    relay = make_relay({"AUTHZ_FAST_PATH": "on"})
+    token = token_for("acme")
+    with Paths(relay) as paths:
+        assert get(relay, bearer(token)).status_code == 200
+    assert paths.fast == 1
+    relay.authz.stop()
+    # Lease 10 s, renewed every 5 s: at most 15 s of serving without the control plane.
+    took = seconds_until(lambda: get(relay, bearer(token)).status_code == 500, timeout=17)
+    assert took <= 15.5
+    upstream.clear()
+    response = get(relay, bearer(token))
+    assert response.status_code == 500
+    assert response.json()["error"] == "OpenAI proxy internal error"
+    assert upstream.requests == []
+    relay.start_authz()  # Envoy reconnects to the control plane: Envoy alone again
+
+    def served_by_envoy() -> bool:
+        with Paths(relay) as paths:
+            status = get(relay, bearer(token)).status_code
+        return status == 200 and paths.fast == 1
+
+    seconds_until(served_by_envoy, timeout=10)

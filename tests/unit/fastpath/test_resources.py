@@ -23,6 +23,7 @@ from authz.fastpath.tenants import is_plain_policy, tenant_from_record
 
 PROJECT = "demo-relay"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+LEASE = 1_900_000_000
 TENANTS = [FastTenant("acme", "sk-acme-1"), FastTenant("globex", "sk-globex-2", "org-g", None)]
 
 
@@ -59,7 +60,7 @@ def test_jwt_authn_verifies_firebase_and_never_rejects():
 
 @pytest.mark.parametrize(("project", "keys"), [("", {"kid-1": KEY}), (PROJECT, {})])
 def test_without_a_project_or_keys_nothing_is_verified(project, keys):
-    resources = build_resources(project, keys, TENANTS, ("clientId",), 30)
+    resources = build_resources(project, keys, TENANTS, ("clientId",), 30, LEASE)
     jwt = jwt_pb2.JwtAuthentication()
     resources[JWT_FILTER].typed_config.Unpack(jwt)
     lua = lua_pb2.Lua()
@@ -70,12 +71,16 @@ def test_without_a_project_or_keys_nothing_is_verified(project, keys):
 
 
 def test_lua_holds_the_tenant_table_and_the_settings():
-    source = lua_source(PROJECT, TENANTS, ("clientId", "firebase.tenant"), 30)
+    source = lua_source(PROJECT, TENANTS, ("clientId", "firebase.tenant"), 30, LEASE)
     assert '["acme"] = {"Bearer sk-acme-1", false, false},' in source
     assert '["globex"] = {"Bearer sk-globex-2", "org-g", false},' in source
     assert '  {"clientId"},\n  {"firebase", "tenant"},' in source
     assert 'local ISSUER = "https://securetoken.google.com/demo-relay"' in source
     assert "local SKEW = 30" in source
+    assert f"local LEASE_UNTIL = {LEASE}" in source
+    # The lease is checked before anything else.
+    body = source.split("function envoy_on_request(handle)", 1)[1]
+    assert body.split("\n")[3] == "  if os.time() >= LEASE_UNTIL then return end"
     assert "local MAX_SUBJECT = 128" in source
     assert "function envoy_on_request(handle)" in source
     assert "envoy_on_response" not in source  # nothing runs on the response side
@@ -86,7 +91,7 @@ def test_lua_holds_the_tenant_table_and_the_settings():
 ])
 def test_no_value_escapes_its_lua_string(hostile):
     source = lua_source(PROJECT, [FastTenant("acme", hostile, hostile, hostile)],
-                        ("clientId",), 30)
+                        ("clientId",), 30, LEASE)
     table = source.split("local TENANTS = {\n", 1)[1].split("\n}", 1)[0]
     # One line, only printable ASCII, every quote and backslash written as \ddd.
     assert "\n" not in table
@@ -103,8 +108,8 @@ def test_no_value_escapes_its_lua_string(hostile):
 
 
 def test_tenant_table_is_sorted_so_equal_inputs_give_equal_configs():
-    first = build_resources(PROJECT, {"k": KEY}, TENANTS, ("clientId",), 30)
-    second = build_resources(PROJECT, {"k": KEY}, TENANTS[::-1], ("clientId",), 30)
+    first = build_resources(PROJECT, {"k": KEY}, TENANTS, ("clientId",), 30, LEASE)
+    second = build_resources(PROJECT, {"k": KEY}, TENANTS[::-1], ("clientId",), 30, LEASE)
     assert {n: r.SerializeToString(deterministic=True) for n, r in first.items()} == {
         n: r.SerializeToString(deterministic=True) for n, r in second.items()}
 

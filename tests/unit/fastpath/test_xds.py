@@ -138,3 +138,23 @@ def test_a_poke_refreshes_at_once():
             await control.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_lease_is_renewed_with_one_push_per_period():
+    async def scenario() -> None:
+        now = [1001.0]
+        ads = AdsServer()
+        control = FastPathControl(ads, FakeTenants(), lambda: {"k": KEY},  # type: ignore[arg-type]
+                                  project_id="demo-relay", client_id_claims=("clientId",),
+                                  clock_skew_s=30, lease_s=10, renew_s=5,
+                                  clock=lambda: now[0])
+        await control.refresh()
+        assert ads.version == 1
+        now[0] = 1004.0  # same period: the lease (1015) is unchanged, nothing is pushed
+        await control.refresh()
+        assert ads.version == 1
+        now[0] = 1006.0  # next period: the lease moves to 1020, pushed
+        await control.refresh()
+        assert ads.version == 2
+
+    asyncio.run(scenario())
