@@ -138,3 +138,10 @@ def test_fast_path_needs_a_listable_vault_path():
     with pytest.raises(ConfigError, match="AUTHZ_FAST_PATH=on needs AUTHZ_VAULT_PATH"):
         Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on", "AUTHZ_CLIENT_KEYS": "off",
                            "AUTHZ_VAULT_PATH": "openai/{client_id}/key"})
+
+
+def test_fast_path_that_can_serve_nothing_is_warned_about():
+    assert Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on"}).warnings() == []
+    revoked = Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on",
+                                 "AUTHZ_FIREBASE_CHECK_REVOKED": "true"})
+    assert any("AUTHZ_FAST_PATH" in w for w in revoked.warnings())
