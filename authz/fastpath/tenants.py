@@ -64,7 +64,13 @@ class TenantSource:
         self._default_is_plain = default_is_plain
 
     def read_all(self) -> list[FastTenant]:
-        """Every servable tenant; VaultUnavailable when Vault cannot be read."""
+        """Every servable tenant; VaultUnavailable when Vault cannot be read.
+
+        One list and one read per tenant, every poll: measured here, 1,000 tenants take
+        about 1 s against an OpenBao dev server (8 readers in parallel were no faster on
+        2 cores), so beyond some hundreds of tenants a change takes longer than 2 s to
+        reach Envoy. Change detection instead of full reads is left to do.
+        """
         names = sorted({name.rstrip("/") for name in self._kv.list(self._parent)})
         tenants = []
         for name in names:
