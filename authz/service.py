@@ -171,6 +171,8 @@ def _check_handler(service: AuthzService) -> grpc.GenericRpcHandler:
 
 def _fast_path(service: AuthzService, server: grpc.aio.Server) -> FastPathControl:
     """AUTHZ_FAST_PATH=on: the ADS server on the same port, and its control loop."""
+    from authz.credentials.oidc import OidcVerifier
+    from authz.fastpath.resources import FastIssuer, firebase_issuer, oidc_issuer
     from authz.fastpath.tenants import TenantSource
     from authz.fastpath.xds import AdsServer, FastPathControl, add_to_server
     from authz.tenants.vault import KvStore
@@ -180,19 +182,30 @@ def _fast_path(service: AuthzService, server: grpc.aio.Server) -> FastPathContro
     add_to_server(ads, server)
     kv = KvStore(settings.vault_addr, service.vault_tokens, mount=settings.vault_mount)
     # Firebase tokens that need more than Envoy can check (emulator tokens, the
-    # revocation check) all stay on ext_authz: no project is handed to Envoy then.
-    served_project = ("" if settings.firebase_emulator_mode or settings.firebase_check_revoked
-                      else settings.firebase_project_id)
+    # revocation check) all stay on ext_authz: Firebase is not handed to Envoy then.
+    serve_firebase = bool(settings.firebase_project_id) and not (
+        settings.firebase_emulator_mode or settings.firebase_check_revoked)
     # A tenant without a policy gets AUTHZ_DEFAULT_POLICY (governance): served only
     # while that default is the plain {"endpoints": "all"}.
     default_policy = getattr(settings, "default_policy", None)
     default_is_plain = default_policy is None or default_policy == {"endpoints": "all"}
+
+    def issuers() -> list[FastIssuer]:
+        """The issuers Envoy verifies, with the keys the service holds right now."""
+        found = []
+        if serve_firebase:
+            found.append(firebase_issuer(settings.firebase_project_id,
+                                         service.certs.current(), settings.client_id_claims))
+        for index, config in enumerate(settings.oidc_issuers):
+            verifier = service.tokens.oidc.get(config.issuer)
+            if isinstance(verifier, OidcVerifier):
+                found.append(oidc_issuer(index, config, verifier.keys.current()))
+        return found
+
     return FastPathControl(
         ads,
         TenantSource(kv, settings.vault_path, default_is_plain=default_is_plain),
-        service.certs.current,
-        project_id=served_project,
-        client_id_claims=settings.client_id_claims,
+        issuers,
         clock_skew_s=settings.clock_skew_s,
     )
 

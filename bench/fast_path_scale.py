@@ -25,7 +25,7 @@ import grpc
 from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from authz.fastpath.resources import FastTenant, build_resources
+from authz.fastpath.resources import FastTenant, build_resources, firebase_issuer
 from authz.fastpath.tenants import TenantSource
 from authz.fastpath.xds import AdsServer, FastPathControl, add_to_server
 from authz.stack.binaries import envoy_binary
@@ -78,8 +78,8 @@ async def run(args: argparse.Namespace, work: Path) -> None:
               for kid, pem in keys.certs_json().items()}
     tenants = Tenants(args.tenants)
     started = time.perf_counter()
-    resources = build_resources("bench-relay", public, tenants.tenants,
-                                ("clientId", "firebase.tenant"), 30, int(time.time()) + 60)
+    issuers = [firebase_issuer("bench-relay", public, ("clientId", "firebase.tenant"))]
+    resources = build_resources(issuers, tenants.tenants, 30, int(time.time()) + 60)
     build_s = time.perf_counter() - started
     size = sum(len(r.SerializeToString()) for r in resources.values())
     print(f"{args.tenants} tenants: resources built in {build_s * 1000:.0f} ms, "
@@ -95,9 +95,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    control = FastPathControl(ads, tenants, lambda: public,  # type: ignore[arg-type]
-                              project_id="bench-relay",
-                              client_id_claims=("clientId", "firebase.tenant"),
+    control = FastPathControl(ads, tenants, lambda: issuers,  # type: ignore[arg-type]
                               clock_skew_s=30, poll_s=3600)
     admin = free_port()
     config = work / "envoy.yaml"

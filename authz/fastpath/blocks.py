@@ -55,7 +55,13 @@ def envoy_blocks(enabled: bool) -> dict[str, Json | None]:
                     "api_type": "GRPC",
                     "transport_api_version": "V3",
                     "set_node_on_first_message_only": True,
-                    "grpc_services": [{"envoy_grpc": {"cluster_name": "authz"}}],
+                    # Reconnect within 2 s of authz coming back (the default backoff
+                    # grows to 30 s): pushes and the lease resume at once.
+                    "grpc_services": [{"envoy_grpc": {
+                        "cluster_name": "authz",
+                        "retry_policy": {"retry_back_off": {"base_interval": "0.5s",
+                                                            "max_interval": "2s"}},
+                    }}],
                 },
             },
         },

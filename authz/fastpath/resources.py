@@ -36,8 +36,11 @@ from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from google.protobuf import any_pb2
 
-from authz.credentials.firebase import ISSUER_PREFIX
+from authz.credentials.firebase import ISSUER_PREFIX, FirebaseClaimsVerifier
+from authz.credentials.jose.jwks import Jwk
 from authz.credentials.jose.jwt import MAX_TOKEN_BYTES
+from authz.credentials.oidc import MAX_SUBJECT_CHARS as OIDC_MAX_SUBJECT
+from authz.credentials.oidc import OidcIssuer, OidcVerifier
 from authz.fastpath.blocks import (
     DECIDED_KEY,
     DECIDED_NAMESPACE,
@@ -46,14 +49,11 @@ from authz.fastpath.blocks import (
     NOOP_LUA,
 )
 
-PROVIDER = "firebase"
-PAYLOAD_KEY = "firebase_payload"
-HEADER_KEY = "firebase_header"
 JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
 # The access log reads the tenant from ext_authz's namespace; the fast path writes the
 # same keys there, so one log format serves both paths.
 LOG_NAMESPACE = "envoy.filters.http.ext_authz"
-MAX_SUBJECT = 128
+FIREBASE_MAX_SUBJECT = 128
 JWT_CACHE_SIZE = 10_000
 # Verified tokens the Lua filter remembers per Envoy worker (emptied when full).
 LUA_CACHE_SIZE = 10_000
@@ -69,50 +69,102 @@ class FastTenant:
     project: str | None = None
 
 
+@dataclass(frozen=True)
+class FastIssuer:
+    """One token issuer Envoy verifies, with the rules the service applies to it.
+
+    Firebase: `firebase_issuer()`. OIDC: `oidc_issuer()` from an AUTHZ_OIDC_ISSUERS entry.
+    """
+
+    name: str  # the jwt_authn provider; its metadata keys are NAME_payload, NAME_header
+    issuer: str
+    audiences: tuple[str, ...]
+    #: True (Firebase): `aud` must be the one audience string. False (OIDC): a string
+    #: or a list holding one of `audiences`.
+    exact_audience: bool
+    algorithms: tuple[str, ...]
+    #: kid → (RSA key, the key's own alg or None).
+    keys: Mapping[str, tuple[RSAPublicKey, str | None]]
+    client_id_claims: tuple[str, ...]
+    client_id: str | None  # every caller of this issuer is this tenant (OIDC option)
+    not_after_now: tuple[str, ...]  # claims that may not lie in the future
+    max_subject: int
+    token_type: str
+
+
+def firebase_issuer(project_id: str, keys: Mapping[str, RSAPublicKey],
+                    client_id_claims: Sequence[str]) -> FastIssuer:
+    return FastIssuer(
+        name="firebase", issuer=ISSUER_PREFIX + project_id, audiences=(project_id,),
+        exact_audience=True, algorithms=("RS256",),
+        keys={kid: (key, "RS256") for kid, key in keys.items()},
+        client_id_claims=tuple(client_id_claims), client_id=None,
+        not_after_now=("iat", "auth_time"), max_subject=FIREBASE_MAX_SUBJECT,
+        token_type=FirebaseClaimsVerifier.token_type)
+
+
+def oidc_issuer(index: int, config: OidcIssuer, keys: Mapping[str, Jwk]) -> FastIssuer:
+    return FastIssuer(
+        name=f"oidc{index}", issuer=config.issuer, audiences=config.audiences,
+        exact_audience=False, algorithms=config.algorithms,
+        keys={kid: (jwk.key, jwk.alg) for kid, jwk in keys.items()},
+        client_id_claims=config.client_id_claims, client_id=config.client_id,
+        not_after_now=("iat",), max_subject=OIDC_MAX_SUBJECT,
+        token_type=OidcVerifier.token_type)
+
+
 def _b64url_uint(value: int) -> str:
     raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def jwks_from_keys(keys: Mapping[str, RSAPublicKey]) -> dict[str, object]:
-    """Firebase's certs (kid → RSA public key) as a JSON Web Key Set, RS256 only."""
+def jwks_from_keys(keys: Mapping[str, tuple[RSAPublicKey, str | None]]) -> dict[str, object]:
+    """Public keys (kid → (RSA key, alg or None)) as a JSON Web Key Set. A key with an alg
+    verifies only tokens of that alg (jwt_authn, as the service)."""
     jwks = []
     for kid in sorted(keys):
-        numbers = keys[kid].public_numbers()
-        jwks.append({"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
-                     "n": _b64url_uint(numbers.n), "e": _b64url_uint(numbers.e)})
+        key, alg = keys[kid]
+        numbers = key.public_numbers()
+        jwk: dict[str, str] = {"kty": "RSA", "use": "sig", "kid": kid,
+                               "n": _b64url_uint(numbers.n), "e": _b64url_uint(numbers.e)}
+        if alg is not None:
+            jwk["alg"] = alg
+        jwks.append(jwk)
     return {"keys": jwks}
 
 
-def jwt_authn_config(project_id: str, keys: Mapping[str, RSAPublicKey],
-                     clock_skew_s: float) -> jwt_pb2.JwtAuthentication:
-    """jwt_authn that verifies Firebase ID tokens of project_id and never rejects.
+def jwt_authn_config(issuers: Sequence[FastIssuer], clock_skew_s: float
+                     ) -> jwt_pb2.JwtAuthentication:
+    """jwt_authn that verifies the issuers' tokens and never rejects.
 
-    No project or no keys: no provider at all (every request goes to ext_authz).
+    No issuer with keys: no provider at all (every request goes to ext_authz).
     """
     config = jwt_pb2.JwtAuthentication()
-    if not project_id or not keys:
+    served = [issuer for issuer in issuers if issuer.keys]
+    if not served:
         return config
-    provider = config.providers[PROVIDER]
-    provider.issuer = ISSUER_PREFIX + project_id
-    provider.audiences.append(project_id)
-    provider.require_expiration = True
-    provider.local_jwks.inline_string = json.dumps(jwks_from_keys(keys), sort_keys=True)
-    # Only the Authorization header: no access_token query parameter (jwt_authn's
-    # default), so the token verified is the one ext_authz would have been sent.
-    header = provider.from_headers.add()
-    header.name = "authorization"
-    header.value_prefix = "Bearer "
-    # Kept: when the Lua filter does not decide, ext_authz needs the token.
-    provider.forward = True
-    provider.payload_in_metadata = PAYLOAD_KEY
-    provider.header_in_metadata = HEADER_KEY
-    provider.clock_skew_seconds = int(clock_skew_s)
-    provider.jwt_cache_config.jwt_cache_size = JWT_CACHE_SIZE
     rule = config.rules.add()
     rule.match.prefix = "/"
     any_of = rule.requires.requires_any.requirements
-    any_of.add().provider_name = PROVIDER
+    for issuer in served:
+        provider = config.providers[issuer.name]
+        provider.issuer = issuer.issuer
+        provider.audiences.extend(issuer.audiences)
+        provider.require_expiration = True
+        provider.local_jwks.inline_string = json.dumps(jwks_from_keys(issuer.keys),
+                                                       sort_keys=True)
+        # Only the Authorization header: no access_token query parameter (jwt_authn's
+        # default), so the token verified is the one ext_authz would have been sent.
+        header = provider.from_headers.add()
+        header.name = "authorization"
+        header.value_prefix = "Bearer "
+        # Kept: when the Lua filter does not decide, ext_authz needs the token.
+        provider.forward = True
+        provider.payload_in_metadata = f"{issuer.name}_payload"
+        provider.header_in_metadata = f"{issuer.name}_header"
+        provider.clock_skew_seconds = int(clock_skew_s)
+        provider.jwt_cache_config.jwt_cache_size = JWT_CACHE_SIZE
+        any_of.add().provider_name = issuer.name
     # A missing or failed token is not refused here: ext_authz gives the contract's 401.
     any_of.add().allow_missing_or_failed.SetInParent()
     return config
@@ -156,7 +208,19 @@ local function num(value)
   return type(value) == "number"
 end
 
-local function decide(handle, headers, client_id, tenant)
+local function audience_ok(issuer, aud)
+  if type(aud) == "string" then
+    if issuer.exact_audience then return aud == issuer.exact_audience end
+    return issuer.audiences[aud] == true
+  end
+  if issuer.exact_audience or type(aud) ~= "table" then return false end
+  for _, value in ipairs(aud) do
+    if type(value) == "string" and issuer.audiences[value] == true then return true end
+  end
+  return false
+end
+
+local function decide(handle, headers, client_id, tenant, token_type)
   headers:replace("authorization", tenant[1])
   if tenant[2] then
     headers:replace("openai-organization", tenant[2])
@@ -170,8 +234,41 @@ local function decide(handle, headers, client_id, tenant)
   end
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(LOG_NAMESPACE, "client_id", client_id)
-  metadata:set(LOG_NAMESPACE, "token_type", "firebase")
+  metadata:set(LOG_NAMESPACE, "token_type", token_type)
   metadata:set(DECIDED_NAMESPACE, DECIDED_KEY, true)
+end
+
+-- The tenant of a verified token, or nil (then ext_authz decides).
+local function tenant_of(issuer, payload, header, authorization, now)
+  if type(payload) ~= "table" or type(header) ~= "table" then return nil end
+  if type(header.alg) ~= "string" or issuer.algorithms[header.alg] ~= true then return nil end
+  if type(header.kid) ~= "string" or header.kid == "" then return nil end
+  local token = string.match(authorization,
+    "^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9%-%._~%+/]+=*) *$")
+  if token == nil or #token > MAX_TOKEN then return nil end
+  if payload.iss ~= issuer.iss or not audience_ok(issuer, payload.aud) then return nil end
+  if not num(payload.exp) or payload.exp <= now + 1 - SKEW then return nil end
+  for _, name in ipairs(issuer.not_after_now) do
+    local value = payload[name]
+    if not num(value) or value > now + SKEW then return nil end
+  end
+  if payload.nbf ~= nil and (not num(payload.nbf) or payload.nbf > now + SKEW) then
+    return nil
+  end
+  local sub = payload.sub
+  if type(sub) ~= "string" or sub == "" or #sub > issuer.max_subject then return nil end
+  local client_id = issuer.client_id
+  if not client_id then
+    client_id = nil
+    for _, path in ipairs(issuer.claims) do
+      client_id = claim(payload, path)
+      if client_id ~= nil then break end
+    end
+  end
+  if type(client_id) ~= "string" then return nil end
+  local tenant = TENANTS[client_id]
+  if tenant == nil then return nil end
+  return client_id, tenant
 end
 
 function envoy_on_request(handle)
@@ -186,76 +283,82 @@ function envoy_on_request(handle)
   local seen = CACHE[authorization]
   if seen ~= nil then
     if seen[3] > now + 1 - SKEW then
-      return decide(handle, headers, seen[1], seen[2])
+      return decide(handle, headers, seen[1], seen[2], seen[4])
     end
     CACHE[authorization] = nil
   end
   local verified = handle:streamInfo():dynamicMetadata():get(JWT_NAMESPACE)
   if verified == nil then return end
-  local payload = verified[PAYLOAD_KEY]
-  local header = verified[HEADER_KEY]
-  if type(payload) ~= "table" or type(header) ~= "table" then return end
-  if header.alg ~= "RS256" then return end
-  if type(header.kid) ~= "string" or header.kid == "" then return end
-  local token = string.match(authorization,
-    "^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9%-%._~%+/]+=*) *$")
-  if token == nil or #token > MAX_TOKEN then return end
-  if payload.iss ~= ISSUER or payload.aud ~= AUDIENCE then return end
-  if not num(payload.exp) or payload.exp <= now + 1 - SKEW then return end
-  if not num(payload.iat) or payload.iat > now + SKEW then return end
-  if not num(payload.auth_time) or payload.auth_time > now + SKEW then return end
-  if payload.nbf ~= nil and (not num(payload.nbf) or payload.nbf > now + SKEW) then return end
-  local sub = payload.sub
-  if type(sub) ~= "string" or sub == "" or #sub > MAX_SUBJECT then return end
-  local client_id = nil
-  for _, path in ipairs(CLAIMS) do
-    client_id = claim(payload, path)
-    if client_id ~= nil then break end
+  for _, issuer in ipairs(ISSUERS) do
+    local payload = verified[issuer.payload_key]
+    if payload ~= nil then
+      -- One issuer verified this token; its rules alone decide.
+      local client_id, tenant = tenant_of(issuer, payload, verified[issuer.header_key],
+                                          authorization, now)
+      if client_id == nil then return end
+      if CACHED >= CACHE_MAX then
+        CACHE = {}
+        CACHED = 0
+      end
+      CACHE[authorization] = {client_id, tenant, payload.exp, issuer.token_type}
+      CACHED = CACHED + 1
+      return decide(handle, headers, client_id, tenant, issuer.token_type)
+    end
   end
-  if type(client_id) ~= "string" then return end
-  local tenant = TENANTS[client_id]
-  if tenant == nil then return end
-  if CACHED >= CACHE_MAX then
-    CACHE = {}
-    CACHED = 0
-  end
-  CACHE[authorization] = {client_id, tenant, payload.exp}
-  CACHED = CACHED + 1
-  decide(handle, headers, client_id, tenant)
 end
 """
 
 
-def lua_source(project_id: str, tenants: Sequence[FastTenant],
-               client_id_claims: Sequence[str], clock_skew_s: float,
-               lease_until: int) -> str:
-    """The Lua filter's code: constants, the tenant table, then the fixed logic.
+def _lua_set(values: Sequence[str]) -> str:
+    return "{" + ", ".join(f"[{_lua_string(v)}] = true" for v in values) + "}"
+
+
+def _lua_list(values: Sequence[str]) -> str:
+    return "{" + ", ".join(_lua_string(v) for v in values) + "}"
+
+
+def _lua_issuer(issuer: FastIssuer) -> list[str]:
+    return [
+        "  {",
+        f"    payload_key = {_lua_string(issuer.name + '_payload')},",
+        f"    header_key = {_lua_string(issuer.name + '_header')},",
+        f"    iss = {_lua_string(issuer.issuer)},",
+        f"    exact_audience = "
+        f"{_lua_string(issuer.audiences[0]) if issuer.exact_audience else 'false'},",
+        f"    audiences = {_lua_set(issuer.audiences)},",
+        f"    algorithms = {_lua_set(issuer.algorithms)},",
+        f"    not_after_now = {_lua_list(issuer.not_after_now)},",
+        f"    max_subject = {int(issuer.max_subject)},",
+        f"    client_id = {_lua_opt(issuer.client_id)},",
+        "    claims = {"
+        + ", ".join(_lua_list(name.split(".")) for name in issuer.client_id_claims) + "},",
+        f"    token_type = {_lua_string(issuer.token_type)},",
+        "  },",
+    ]
+
+
+def lua_source(issuers: Sequence[FastIssuer], tenants: Sequence[FastTenant],
+               clock_skew_s: float, lease_until: int) -> str:
+    """The Lua filter's code: constants, the issuers, the tenant table, the fixed logic.
 
     Every value is a Lua string literal built by _lua_string (no text from Vault or a
-    setting is ever spliced in raw). No project: the no-op, everything to ext_authz.
+    setting is ever spliced in raw). No issuer with keys: the no-op, all to ext_authz.
     """
-    if not project_id:
+    served = [issuer for issuer in issuers if issuer.keys]
+    if not served:
         return NOOP_LUA
     lines = [
         "-- Generated by authz/fastpath/resources.py: the fast path's tenant table.",
         f"local JWT_NAMESPACE = {_lua_string(JWT_METADATA_NAMESPACE)}",
-        f"local PAYLOAD_KEY = {_lua_string(PAYLOAD_KEY)}",
-        f"local HEADER_KEY = {_lua_string(HEADER_KEY)}",
         f"local LOG_NAMESPACE = {_lua_string(LOG_NAMESPACE)}",
         f"local DECIDED_NAMESPACE = {_lua_string(DECIDED_NAMESPACE)}",
         f"local DECIDED_KEY = {_lua_string(DECIDED_KEY)}",
-        f"local ISSUER = {_lua_string(ISSUER_PREFIX + project_id)}",
-        f"local AUDIENCE = {_lua_string(project_id)}",
         f"local SKEW = {int(clock_skew_s)}",
         f"local MAX_TOKEN = {MAX_TOKEN_BYTES}",
-        f"local MAX_SUBJECT = {MAX_SUBJECT}",
         f"local CACHE_MAX = {LUA_CACHE_SIZE}",
         f"local LEASE_UNTIL = {int(lease_until)}",
-        "local CLAIMS = {",
-        *(
-            "  {" + ", ".join(_lua_string(part) for part in name.split(".")) + "},"
-            for name in client_id_claims
-        ),
+        "local ISSUERS = {",
+        *(line for issuer in served for line in _lua_issuer(issuer)),
         "}",
         "local TENANTS = {",
         *(
@@ -282,19 +385,15 @@ def extension_config(name: str, message: object) -> extension_pb2.TypedExtension
 
 
 def build_resources(
-    project_id: str,
-    keys: Mapping[str, RSAPublicKey],
+    issuers: Sequence[FastIssuer],
     tenants: Sequence[FastTenant],
-    client_id_claims: Sequence[str],
     clock_skew_s: float,
     lease_until: int,
 ) -> dict[str, extension_pb2.TypedExtensionConfig]:
-    """Both ECDS resources by name. Without keys nothing can verify, so the Lua
-    filter stays the no-op too (the jwt_authn config then has no provider)."""
-    source = (lua_source(project_id, tenants, client_id_claims, clock_skew_s, lease_until)
-              if keys else NOOP_LUA)
+    """Both ECDS resources by name. An issuer without keys is left out of both (its
+    tokens go to ext_authz); with none left, both filters decide nothing."""
     return {
-        JWT_FILTER: extension_config(JWT_FILTER,
-                                     jwt_authn_config(project_id, keys, clock_skew_s)),
-        LUA_FILTER: extension_config(LUA_FILTER, lua_config(source)),
+        JWT_FILTER: extension_config(JWT_FILTER, jwt_authn_config(issuers, clock_skew_s)),
+        LUA_FILTER: extension_config(
+            LUA_FILTER, lua_config(lua_source(issuers, tenants, clock_skew_s, lease_until))),
     }

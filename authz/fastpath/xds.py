@@ -28,12 +28,11 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from envoy.config.core.v3 import extension_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from authz.errors import VaultUnavailable
-from authz.fastpath.resources import FastTenant, build_resources
+from authz.fastpath.resources import FastIssuer, FastTenant, build_resources
 from authz.fastpath.tenants import TenantSource
 
 log = logging.getLogger(__name__)
@@ -137,10 +136,8 @@ class FastPathControl:
         self,
         ads: AdsServer,
         tenants: TenantSource,
-        keys: Callable[[], Mapping[str, RSAPublicKey]],
+        issuers: Callable[[], Sequence[FastIssuer]],
         *,
-        project_id: str,
-        client_id_claims: Sequence[str],
         clock_skew_s: float,
         poll_s: float = 1.0,
         lease_s: float = 10.0,
@@ -149,9 +146,7 @@ class FastPathControl:
     ) -> None:
         self.ads = ads
         self._tenants = tenants
-        self._keys = keys
-        self._project_id = project_id
-        self._claims = tuple(client_id_claims)
+        self._issuers = issuers
         self._skew = clock_skew_s
         self._poll_s = poll_s
         self._lease_s = lease_s
@@ -179,18 +174,19 @@ class FastPathControl:
                 log.warning("fast path: vault unreadable, keeping the last tenant set",
                             extra={"cause": exc.log_detail})
             self._vault_failing = True
-        keys = self._keys()
+        issuers = self._issuers()
         # Rounded up to whole renew periods: one push per period, not one per poll.
         lease_until = int(math.ceil((self._clock() + self._lease_s) / self._renew_s)
                           * self._renew_s)
         changed = self.ads.update(build_resources(
-            self._project_id, keys, self._last_tenants, self._claims, self._skew,
-            lease_until))
-        content = (tuple(self._last_tenants), tuple(sorted(keys)))
+            issuers, self._last_tenants, self._skew, lease_until))
+        content = (tuple(self._last_tenants),
+                   tuple((i.name, tuple(sorted(i.keys))) for i in issuers))
         if changed and content != self._last_content:
             log.info("fast path config updated", extra={
                 "version": self.ads.version, "tenants": len(self._last_tenants),
-                "signing_keys": len(keys), "lease_until": lease_until})
+                "issuers": {i.name: len(i.keys) for i in issuers},
+                "lease_until": lease_until})
         self._last_content = content
 
     async def run(self) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration.conftest import relay_env
 from tests.support.authz_cli import authz, authz_json, seconds_until
+from tests.support.oidc import JwksServer, OidcIssuerKeys
 from tests.support.relay import RelayStack
 
 pytestmark = pytest.mark.integration
@@ -461,3 +462,84 @@ def test_a_key_with_quotes_and_backslashes_reaches_the_upstream_intact(
         assert fast_served_key(fast_relay, upstream, token_for("acme")) is not None
     finally:
         vault.delete_tenant("oddkey")
+
+
+# ------------------------------------------------------------------- OIDC issuers
+
+OIDC_ISSUER = "https://login.example.test/realms/fast"
+
+
+@pytest.fixture(scope="module")
+def oidc_keys() -> Iterator[tuple[OidcIssuerKeys, JwksServer]]:
+    keys = OidcIssuerKeys(OIDC_ISSUER, audience="relay-api")
+    server = JwksServer(keys).start()
+    try:
+        yield keys, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def oidc_relay(pki, firebase, vault, fake_openai, tenants, oidc_keys, tmp_path_factory
+               ) -> Iterator[RelayStack]:
+    _, server = oidc_keys
+    env = {**relay_env(pki, firebase, vault, fake_openai), "AUTHZ_FAST_PATH": "on",
+           "AUTHZ_OIDC_ISSUERS": json.dumps([{
+               "issuer": OIDC_ISSUER, "audience": ["relay-api", "other-api"],
+               "jwks_url": server.url, "client_id_claim": ["org.tenant", "clientId"]}])}
+    stack = RelayStack(env, tmp_path_factory.mktemp("fast-relay-oidc")).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("claims", [
+    {"clientId": "acme"}, {"org": {"tenant": "acme"}}, {"aud": ["x", "other-api"],
+                                                       "clientId": "acme"},
+], ids=["claim", "nested-claim", "aud-list"])
+def test_oidc_tokens_are_served_by_envoy_alone(oidc_relay, oidc_keys, upstream, tenants,
+                                               token_for, claims):
+    keys, _ = oidc_keys
+    with Paths(oidc_relay) as paths:
+        response = get(oidc_relay, bearer(keys.mint("alice", **claims)))
+    assert response.status_code == 200
+    assert (paths.fast, paths.authz) == (1, 0)
+    assert upstream.requests[-1].header("authorization") == f"Bearer {tenants['acme'].api_key}"
+    # Firebase tokens still work beside them.
+    assert fast_served_key(oidc_relay, upstream, token_for("acme")) is not None
+
+
+@pytest.mark.parametrize("mint_kwargs", [
+    {"alg": "RS384"},
+    {"header": {"kid": None}},
+    {"header": {"kid": ""}},
+    {"iat": int(NOW + 3600)},
+    {"iat": None},
+    {"nbf": int(NOW + 3600)},
+    {"aud": ["x", "y"]},
+    {"aud": "relay"},
+    {"sub": ""},
+    {"sub": "s" * 256},
+    {"variant": "tampered"},
+    {"variant": "none"},
+], ids=["alg-not-allowed", "no-kid", "empty-kid", "iat-future", "no-iat", "nbf-future",
+        "aud-list-without-ours", "wrong-aud", "empty-sub", "sub-256", "tampered", "alg-none"])
+def test_oidc_tokens_the_service_refuses_are_refused_alike(oidc_relay, oidc_keys, upstream,
+                                                           mint_kwargs):
+    keys, _ = oidc_keys
+    kwargs = {"sub": "alice", "clientId": "acme", **mint_kwargs}
+    token = keys.mint(**kwargs)
+    with Paths(oidc_relay) as paths:
+        response = get(oidc_relay, bearer(token))
+    assert_denied(response, upstream, 401, AUTH_FAILED)
+    assert (paths.fast, paths.authz) == (0, 1)
+
+
+def test_oidc_client_id_rules_match_the_services(oidc_relay, oidc_keys, upstream):
+    keys, _ = oidc_keys
+    # The first configured claim is present but invalid: no falling through to clientId.
+    token = keys.mint("alice", org={"tenant": "../x"}, clientId="acme")
+    assert_denied(get(oidc_relay, bearer(token)), upstream, 500, CLIENT_ID_NOT_FOUND)
+    token = keys.mint("alice", clientId="nobody-here")
+    assert_denied(get(oidc_relay, bearer(token)), upstream, 500, KEY_NOT_FOUND)

@@ -11,19 +11,34 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 
+from authz.credentials.jose.jwks import Jwk
+from authz.credentials.oidc import OidcIssuer
 from authz.fastpath.blocks import JWT_FILTER, LUA_FILTER, NOOP_LUA
 from authz.fastpath.resources import (
     FastTenant,
     build_resources,
+    firebase_issuer,
     jwks_from_keys,
     jwt_authn_config,
     lua_source,
+    oidc_issuer,
 )
 from authz.fastpath.tenants import is_plain_policy, tenant_from_record
 
 PROJECT = "demo-relay"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
 LEASE = 1_900_000_000
+CLAIMS = ("clientId", "firebase.tenant")
+
+
+def firebase(keys=None):
+    return firebase_issuer(PROJECT, {"kid-1": KEY} if keys is None else keys, CLAIMS)
+
+
+OIDC = oidc_issuer(0, OidcIssuer("https://login.example.test/", ("relay", "api"),
+                                 "https://login.example.test/jwks", ("org.tenant",), None,
+                                 ("RS256", "RS384")),
+                   {"k-a": Jwk(KEY, "RS384"), "k-b": Jwk(KEY, None)})
 TENANTS = [FastTenant("acme", "sk-acme-1"), FastTenant("globex", "sk-globex-2", "org-g", None)]
 
 
@@ -32,7 +47,7 @@ def _uint(text: str) -> int:
 
 
 def test_jwks_carries_each_cert_key_as_an_rs256_jwk():
-    [jwk] = jwks_from_keys({"kid-1": KEY})["keys"]  # type: ignore[misc]
+    [jwk] = jwks_from_keys({"kid-1": (KEY, "RS256")})["keys"]  # type: ignore[misc]
     numbers = KEY.public_numbers()
     assert (jwk["kid"], jwk["kty"], jwk["alg"], jwk["use"]) == ("kid-1", "RSA", "RS256", "sig")
     assert (_uint(jwk["n"]), _uint(jwk["e"])) == (numbers.n, numbers.e)
@@ -40,7 +55,7 @@ def test_jwks_carries_each_cert_key_as_an_rs256_jwk():
 
 
 def test_jwt_authn_verifies_firebase_and_never_rejects():
-    config = jwt_authn_config(PROJECT, {"kid-1": KEY}, 30)
+    config = jwt_authn_config([firebase()], 30)
     provider = config.providers["firebase"]
     assert provider.issuer == f"https://securetoken.google.com/{PROJECT}"
     assert list(provider.audiences) == [PROJECT]
@@ -51,16 +66,19 @@ def test_jwt_authn_verifies_firebase_and_never_rejects():
     assert [(h.name, h.value_prefix) for h in provider.from_headers] == [
         ("authorization", "Bearer ")]
     assert not provider.from_params
-    assert json.loads(provider.local_jwks.inline_string) == jwks_from_keys({"kid-1": KEY})
+    assert json.loads(provider.local_jwks.inline_string) == jwks_from_keys(
+        {"kid-1": (KEY, "RS256")})
+    assert (provider.payload_in_metadata, provider.header_in_metadata) == (
+        "firebase_payload", "firebase_header")
     [rule] = config.rules
     requirements = rule.requires.requires_any.requirements
     assert [r.WhichOneof("requires_type") for r in requirements] == [
         "provider_name", "allow_missing_or_failed"]
 
 
-@pytest.mark.parametrize(("project", "keys"), [("", {"kid-1": KEY}), (PROJECT, {})])
-def test_without_a_project_or_keys_nothing_is_verified(project, keys):
-    resources = build_resources(project, keys, TENANTS, ("clientId",), 30, LEASE)
+@pytest.mark.parametrize("issuers", [[], [firebase({})]], ids=["no-issuer", "no-keys"])
+def test_without_an_issuer_with_keys_nothing_is_verified(issuers):
+    resources = build_resources(issuers, TENANTS, 30, LEASE)
     jwt = jwt_pb2.JwtAuthentication()
     resources[JWT_FILTER].typed_config.Unpack(jwt)
     lua = lua_pb2.Lua()
@@ -71,17 +89,25 @@ def test_without_a_project_or_keys_nothing_is_verified(project, keys):
 
 
 def test_lua_holds_the_tenant_table_and_the_settings():
-    source = lua_source(PROJECT, TENANTS, ("clientId", "firebase.tenant"), 30, LEASE)
+    source = lua_source([firebase(), OIDC], TENANTS, 30, LEASE)
     assert '["acme"] = {"Bearer sk-acme-1", false, false},' in source
     assert '["globex"] = {"Bearer sk-globex-2", "org-g", false},' in source
-    assert '  {"clientId"},\n  {"firebase", "tenant"},' in source
-    assert 'local ISSUER = "https://securetoken.google.com/demo-relay"' in source
+    assert '    claims = {{"clientId"}, {"firebase", "tenant"}},' in source
+    assert '    iss = "https://securetoken.google.com/demo-relay",' in source
+    assert '    exact_audience = "demo-relay",' in source
+    assert '    not_after_now = {"iat", "auth_time"},' in source
+    assert '    max_subject = 128,' in source
+    # The OIDC issuer: any listed audience, its algorithms, iat only, 255 characters.
+    assert '    exact_audience = false,\n    audiences = {["relay"] = true, ["api"] = true},' \
+        in source
+    assert '    algorithms = {["RS256"] = true, ["RS384"] = true},' in source
+    assert '    not_after_now = {"iat"},\n    max_subject = 255,' in source
+    assert '    claims = {{"org", "tenant"}},\n    token_type = "oidc",' in source
     assert "local SKEW = 30" in source
     assert f"local LEASE_UNTIL = {LEASE}" in source
     # The lease is checked before anything else.
     body = source.split("function envoy_on_request(handle)", 1)[1]
     assert body.split("\n")[3] == "  if os.time() >= LEASE_UNTIL then return end"
-    assert "local MAX_SUBJECT = 128" in source
     assert "function envoy_on_request(handle)" in source
     assert "envoy_on_response" not in source  # nothing runs on the response side
 
@@ -90,8 +116,8 @@ def test_lua_holds_the_tenant_table_and_the_settings():
     'sk-"quote', "sk-back\\slash", "sk-new\nline", "sk-]]long", "sk-\x00nul", "sk-é",
 ])
 def test_no_value_escapes_its_lua_string(hostile):
-    source = lua_source(PROJECT, [FastTenant("acme", hostile, hostile, hostile)],
-                        ("clientId",), 30, LEASE)
+    source = lua_source([firebase()], [FastTenant("acme", hostile, hostile, hostile)],
+                        30, LEASE)
     table = source.split("local TENANTS = {\n", 1)[1].split("\n}", 1)[0]
     # One line, only printable ASCII, every quote and backslash written as \ddd.
     assert "\n" not in table
@@ -108,8 +134,8 @@ def test_no_value_escapes_its_lua_string(hostile):
 
 
 def test_tenant_table_is_sorted_so_equal_inputs_give_equal_configs():
-    first = build_resources(PROJECT, {"k": KEY}, TENANTS, ("clientId",), 30, LEASE)
-    second = build_resources(PROJECT, {"k": KEY}, TENANTS[::-1], ("clientId",), 30, LEASE)
+    first = build_resources([firebase(), OIDC], TENANTS, 30, LEASE)
+    second = build_resources([firebase(), OIDC], TENANTS[::-1], 30, LEASE)
     assert {n: r.SerializeToString(deterministic=True) for n, r in first.items()} == {
         n: r.SerializeToString(deterministic=True) for n, r in second.items()}
 
@@ -140,3 +166,18 @@ def test_only_plain_policies_are_served(policy, default_is_plain, plain):
 ])
 def test_tenant_records_are_read_as_the_service_reads_them(client_id, data, expected):
     assert tenant_from_record(client_id, data) == expected
+
+
+def test_oidc_providers_keep_each_keys_own_algorithm():
+    config = jwt_authn_config([firebase(), OIDC], 30)
+    assert sorted(config.providers) == ["firebase", "oidc0"]
+    provider = config.providers["oidc0"]
+    assert provider.issuer == "https://login.example.test/"
+    assert list(provider.audiences) == ["relay", "api"]
+    keys = {k["kid"]: k for k in json.loads(provider.local_jwks.inline_string)["keys"]}
+    assert keys["k-a"]["alg"] == "RS384"
+    assert "alg" not in keys["k-b"]  # the issuer named none: the Lua allow-list decides
+    [rule] = config.rules
+    assert [r.WhichOneof("requires_type") or "" for r in
+            rule.requires.requires_any.requirements] == [
+        "provider_name", "provider_name", "allow_missing_or_failed"]

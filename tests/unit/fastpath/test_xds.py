@@ -12,10 +12,14 @@ from google.rpc import status_pb2
 
 from authz.errors import VaultUnavailable
 from authz.fastpath.blocks import JWT_FILTER, LUA_FILTER
-from authz.fastpath.resources import FastTenant
+from authz.fastpath.resources import FastIssuer, FastTenant, firebase_issuer
 from authz.fastpath.xds import EXTENSION_CONFIG_TYPE, AdsServer, FastPathControl
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+
+
+def issuers() -> list[FastIssuer]:
+    return [firebase_issuer("demo-relay", {"k": KEY}, ("clientId",))]
 
 
 def config(name: str, text: str) -> extension_pb2.TypedExtensionConfig:
@@ -98,8 +102,7 @@ class FakeTenants:
 def test_control_pushes_changes_and_keeps_the_last_tenants_when_vault_fails():
     async def scenario() -> None:
         ads, tenants = AdsServer(), FakeTenants()
-        control = FastPathControl(ads, tenants, lambda: {"k": KEY},  # type: ignore[arg-type]
-                                  project_id="demo-relay", client_id_claims=("clientId",),
+        control = FastPathControl(ads, tenants, issuers,  # type: ignore[arg-type]
                                   clock_skew_s=30)
         await control.refresh()
         assert ads.version == 1
@@ -118,8 +121,7 @@ def test_control_pushes_changes_and_keeps_the_last_tenants_when_vault_fails():
 def test_a_poke_refreshes_at_once():
     async def scenario() -> None:
         ads, tenants = AdsServer(), FakeTenants()
-        control = FastPathControl(ads, tenants, lambda: {"k": KEY},  # type: ignore[arg-type]
-                                  project_id="demo-relay", client_id_claims=("clientId",),
+        control = FastPathControl(ads, tenants, issuers,  # type: ignore[arg-type]
                                   clock_skew_s=30, poll_s=3600)
         control.start()
         try:
@@ -144,8 +146,7 @@ def test_the_lease_is_renewed_with_one_push_per_period():
     async def scenario() -> None:
         now = [1001.0]
         ads = AdsServer()
-        control = FastPathControl(ads, FakeTenants(), lambda: {"k": KEY},  # type: ignore[arg-type]
-                                  project_id="demo-relay", client_id_claims=("clientId",),
+        control = FastPathControl(ads, FakeTenants(), issuers,  # type: ignore[arg-type]
                                   clock_skew_s=30, lease_s=10, renew_s=5,
                                   clock=lambda: now[0])
         await control.refresh()
