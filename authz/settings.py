@@ -260,11 +260,12 @@ class Settings:
         if self.vault_addr_given and self.vault_auth == "token" and not self.vault_token:
             found.append(f"VAULT_ADDR is set ({self.vault_addr}) but VAULT_TOKEN is not: "
                          "Vault will refuse every read (set VAULT_TOKEN, or AUTHZ_VAULT_AUTH)")
-        if self.fast_path and (not self.firebase_project_id or self.firebase_emulator_mode
-                               or self.firebase_check_revoked):
-            found.append("AUTHZ_FAST_PATH=on serves Firebase ID tokens only, and not with "
-                         "the emulator or AUTHZ_FIREBASE_CHECK_REVOKED: here every request "
-                         "still goes to ext_authz")
+        firebase_served = bool(self.firebase_project_id) and not (
+            self.firebase_emulator_mode or self.firebase_check_revoked)
+        if self.fast_path and not firebase_served and not self.oidc_issuers:
+            found.append("AUTHZ_FAST_PATH=on serves Firebase ID and OIDC tokens only, and "
+                         "Firebase's not with the emulator or AUTHZ_FIREBASE_CHECK_REVOKED: "
+                         "here every request still goes to ext_authz")
         return found
 
     def validate(self, *, serving: bool = True) -> None:

@@ -4,7 +4,7 @@ With the fast path off every block is None and its placeholder line disappears, 
 rendered configuration is byte for byte what it was before the fast path existed.
 
 With it on, three filters cooperate in one pass (no second round trip):
-1. jwt_authn (config from xDS: Firebase's keys as an inline JWKS) verifies the bearer
+1. jwt_authn (config from xDS: each issuer's keys as an inline JWKS) verifies the bearer
    token; it never rejects (allow_missing_or_failed): a token it cannot verify just
    leaves no verified payload behind.
 2. Lua (config from xDS: the tenant table) checks what jwt_authn does not (iat,

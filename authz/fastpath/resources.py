@@ -3,21 +3,23 @@
 Protobuf lives here and in xds.py only. Every builder is a pure function of plain values
 (keys, tenants, settings), so what Envoy is sent is unit-tested without an Envoy.
 
-Parity with the authz service (authz/credentials/firebase.py, jose/jwt.py,
+Parity with the authz service (authz/credentials/firebase.py, oidc.py, jose/jwt.py,
 tenants/client_id.py) is kept by construction: the fast path only ever *allows*, and
 only when every rule the service applies holds; on anything else it decides nothing
 and ext_authz answers, with the contract's status and body, in the same pass.
-What checks what:
-- jwt_authn: RS256 signature against Firebase's keys (each JWK says alg RS256, so no
-  other algorithm and no "none" can verify), iss, aud (any of), exp present and
-  not past (clock_skew_seconds), nbf.
-- Lua, on the verified payload and header: alg RS256 and a non-empty kid, iss and aud
-  exactly (aud a string, not a list), exp/iat/auth_time numbers, iat and auth_time
-  not in the future, exp not past, nbf, a non-empty sub of at most 128 bytes (the
-  service counts characters: longer non-ASCII subjects go to ext_authz), a bearer
-  header of the service's shape holding at most 16 KiB of token, exactly one
-  authorization header, and the clientId claims in order (the first present decides;
-  it must be a string naming a tenant in the table, whose ids are all valid).
+What checks what, per issuer (Firebase, each OIDC issuer):
+- jwt_authn: the signature against the issuer's keys (a key's alg, when known, is the
+  only one it verifies; "none" and HMAC never verify against RSA keys), iss, aud (any
+  of), exp present and not past (clock_skew_seconds), nbf.
+- Lua, on the verified payload and header: alg in the issuer's allow-list and a
+  non-empty kid; iss; aud (Firebase: exactly the project, a string; OIDC: a string or
+  a list holding one of the issuer's audiences); exp, iat (Firebase: and auth_time)
+  numbers, not in the future, exp not past, nbf; a non-empty sub of at most 128
+  (Firebase) or 255 (OIDC) bytes (the service counts characters: longer non-ASCII
+  subjects go to ext_authz); a bearer header of the service's shape holding at most
+  16 KiB of token, exactly one authorization header; and the clientId: the issuer's
+  fixed one, or its claims in order (the first present decides; it must be a string
+  naming a tenant in the table, whose ids are all valid).
   A token that passed all of it is remembered (per Envoy worker, until the next
   config) by its exact Authorization value with its exp, like the service's identity
   cache: measured here, a warm token then costs about what a one-line Lua filter does.
