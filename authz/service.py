@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,6 +34,9 @@ from authz.settings import Settings, format_addr
 from authz.tenants.key_cache import KeyCache
 from authz.tenants.vault import VaultTenantStore
 from authz.tenants.vault_login import token_provider
+
+if TYPE_CHECKING:
+    from authz.fastpath.xds import FastPathControl
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class AuthzService:
         self.certs = CertStore(settings.firebase_certs_url)
         # One login, shared by every Vault reader.
         vault_tokens = token_provider(settings.vault_login)
+        self.vault_tokens = vault_tokens
         self.vault = VaultTenantStore(
             settings.vault_addr, vault_tokens,
             mount=settings.vault_mount, path_template=settings.vault_path,
@@ -186,12 +190,54 @@ def _check_handler(service: AuthzService) -> grpc.GenericRpcHandler:
     )
 
 
+def _fast_path(service: AuthzService, server: grpc.aio.Server) -> FastPathControl:
+    """AUTHZ_FAST_PATH=on: the ADS server on the same port, and its control loop."""
+    from authz.credentials.oidc import OidcVerifier
+    from authz.fastpath.resources import FastIssuer, firebase_issuer, oidc_issuer
+    from authz.fastpath.tenants import TenantSource
+    from authz.fastpath.xds import AdsServer, FastPathControl, add_to_server
+    from authz.governance.policy import ALLOW_ALL
+    from authz.tenants.vault import KvStore
+
+    settings = service.settings
+    ads = AdsServer()
+    add_to_server(ads, server)
+    kv = KvStore(settings.vault_addr, service.vault_tokens, mount=settings.vault_mount)
+    # Firebase tokens that need more than Envoy can check (emulator tokens, the
+    # revocation check) all stay on ext_authz: Firebase is not handed to Envoy then.
+    serve_firebase = bool(settings.firebase_project_id) and not (
+        settings.firebase_emulator_mode or settings.firebase_check_revoked)
+    # A tenant without a policy gets AUTHZ_DEFAULT_POLICY (governance): served only
+    # while that default is the plain {"endpoints": "all"}.
+    default_is_plain = settings.default_policy == ALLOW_ALL
+
+    def issuers() -> list[FastIssuer]:
+        """The issuers Envoy verifies, with the keys the service holds right now."""
+        found = []
+        if serve_firebase:
+            found.append(firebase_issuer(settings.firebase_project_id,
+                                         service.certs.current(), settings.client_id_claims))
+        for index, config in enumerate(settings.oidc_issuers):
+            verifier = service.tokens.oidc.get(config.issuer)
+            if isinstance(verifier, OidcVerifier):
+                found.append(oidc_issuer(index, config, verifier.keys.current()))
+        return found
+
+    return FastPathControl(
+        ads,
+        TenantSource(kv, settings.vault_path, default_is_plain=default_is_plain),
+        issuers,
+        clock_skew_s=settings.clock_skew_s,
+    )
+
+
 async def serve(settings: Settings) -> None:
     logs.configure(settings.log_level)
     service = AuthzService(settings)
     server = grpc.aio.server(options=_GRPC_OPTIONS)
     server.add_generic_rpc_handlers([_check_handler(service),
                                      access_log_handler(service.access_log)])
+    fast_path = _fast_path(service, server) if settings.fast_path else None
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     grpc_addr = format_addr(settings.grpc_addr)
@@ -210,6 +256,8 @@ async def serve(settings: Settings) -> None:
 
         def invalidate_on_loop(client_id: str | None) -> None:
             loop.call_soon_threadsafe(service.invalidate, client_id)
+            if fast_path is not None:
+                loop.call_soon_threadsafe(fast_path.poke)
 
         def usage_on_loop(client_id: str, user: str | None) -> dict[str, object]:
             # The ledger lives on the event loop (and may read Redis): ask it there.
@@ -238,6 +286,8 @@ async def serve(settings: Settings) -> None:
     await service.tokens.start()
     await service.limiter.start()
     service.vault.start_token_renewal()
+    if fast_path is not None:
+        fast_path.start()
     readiness = asyncio.ensure_future(service.watch_readiness(health_servicer))
     log.info("authz serving", extra={
         "grpc": grpc_addr,
@@ -256,6 +306,9 @@ async def serve(settings: Settings) -> None:
     log.info("authz stopping: finishing in-flight checks", extra={"grace_s": grace_s})
     readiness.cancel()
     await health_servicer.enter_graceful_shutdown()
+    if fast_path is not None:
+        await fast_path.stop()
+        fast_path.ads.close()
     await server.stop(grace_s)
     await service.tokens.stop()
     await service.limiter.close()

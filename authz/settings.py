@@ -31,6 +31,7 @@ from authz.config.env import (
     parse_bool,
     parse_duration,
     parse_int,
+    parse_on_off,
     process_environment,
     require_https_off_loopback,
 )
@@ -151,6 +152,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Governance: the policy of a tenant whose Vault record has none (AUTHZ_DEFAULT_POLICY).
     default_policy: Policy = ALLOW_ALL
+    # Envoy verifies Firebase ID tokens and injects tenant keys itself, fed over xDS by
+    # this service (authz/fastpath/); what it cannot decide alone stays on ext_authz.
+    fast_path: bool = False
 
     @property
     def client_keys_enabled(self) -> bool:
@@ -272,6 +276,7 @@ class Settings:
                 "AUTHZ_REDIS_TIMEOUT", get("AUTHZ_REDIS_TIMEOUT") or "250ms"
             ),
             "default_policy": parse_default_policy(get("AUTHZ_DEFAULT_POLICY")),
+            "fast_path": parse_on_off("AUTHZ_FAST_PATH", get("AUTHZ_FAST_PATH") or "off"),
         }
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         if "vault_addr" in given:
@@ -287,6 +292,12 @@ class Settings:
         if self.vault_addr_given and self.vault_auth == "token" and not self.vault_token:
             found.append(f"VAULT_ADDR is set ({self.vault_addr}) but VAULT_TOKEN is not: "
                          "Vault will refuse every read (set VAULT_TOKEN, or AUTHZ_VAULT_AUTH)")
+        firebase_served = bool(self.firebase_project_id) and not (
+            self.firebase_emulator_mode or self.firebase_check_revoked)
+        if self.fast_path and not firebase_served and not self.oidc_issuers:
+            found.append("AUTHZ_FAST_PATH=on serves Firebase ID and OIDC tokens only, and "
+                         "Firebase's not with the emulator or AUTHZ_FIREBASE_CHECK_REVOKED: "
+                         "here every request still goes to ext_authz")
         return found
 
     def validate(self, *, serving: bool = True) -> None:
@@ -381,6 +392,9 @@ class Settings:
         if self.client_keys_enabled and not self.vault_path.endswith("/{client_id}"):
             raise ConfigError("AUTHZ_VAULT_PATH must end in /{client_id} while client keys are "
                               "enabled (their records live under it); or set AUTHZ_CLIENT_KEYS=off")
+        if self.fast_path and not self.vault_path.endswith("/{client_id}"):
+            raise ConfigError("AUTHZ_FAST_PATH=on needs AUTHZ_VAULT_PATH to end in "
+                              "/{client_id}: the fast path lists the tenants under it")
         method = self.vault_auth
         if method not in AUTH_METHODS:
             raise ConfigError(

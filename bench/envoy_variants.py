@@ -20,6 +20,7 @@ from pathlib import Path
 
 from authz.stack.binaries import envoy_binary
 from authz.stack.envoy_config import EnvoyParams, render
+from tests.support.processes import free_port
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 
@@ -30,16 +31,20 @@ class EnvoyPorts:
     admin: int
 
 
-def render_relay(ports: EnvoyPorts, authz_port: int, upstream_url: str) -> str:
+def render_relay(ports: EnvoyPorts, authz_port: int, upstream_url: str, *,
+                 fast_path: bool = False) -> str:
     return render(
         EnvoyParams(
             listen_host="127.0.0.1",
             listen_port=ports.listen,
             admin_host="127.0.0.1",
             admin_port=ports.admin,
+            # A free port, not the default 8081: another stack on this machine may hold it.
+            health_port=free_port(),
             authz_host="127.0.0.1",
             authz_port=authz_port,
             upstream_url=upstream_url,
+            fast_path=fast_path,
         )
     )
 

@@ -13,6 +13,8 @@ ext_authz (bench/floor.py), and one Envoy per path, each from the one template:
   floor         wrk -> Envoy (template) -> upstream, ext_authz = bench/floor.py
   relay         wrk -> Envoy (template) -> upstream, ext_authz = authz serve, real RS256
                 tokens of many users over many tenants, keys from OpenBao
+  fast path     the relay with AUTHZ_FAST_PATH=on: Envoy verifies the tokens (jwt_authn)
+                and injects the keys (Lua) from what authz serves it over xDS
 
 Every path gets the same load: wrk, 1 thread, keep-alive, a small non-streaming POST
 /v1/chat/completions whose Authorization header rotates through every user's token
@@ -175,6 +177,7 @@ class Target:
     path: str
     roles: dict[str, list[ManagedProcess]]
     metrics_urls: list[str] = field(default_factory=list)
+    admin_port: int | None = None  # Envoy's admin (read for the fast path's counters)
 
     @property
     def url(self) -> str:
@@ -299,6 +302,48 @@ def start_relay(fx: Fixture, work_dir: Path, variant: Variant) -> Target:
         RELAY_PREFIX + CHAT_PATH,
         {"envoy": [envoy], "authz": authz_procs, "upstream": [fx.upstream_role]},
         metrics_urls,
+    )
+
+
+FAST_PATH_LOADED = "extension_config_discovery.http_filter.relay.fast_path.lua.update_success"
+
+
+def envoy_counters(admin_port: int) -> dict[str, int]:
+    url = f"http://127.0.0.1:{admin_port}/stats?format=json"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        stats = json.loads(response.read())["stats"]
+    return {s["name"]: s["value"] for s in stats if isinstance(s.get("value"), int)}
+
+
+def start_fast_path(fx: Fixture, work_dir: Path) -> Target:
+    """authz serve as the fast path's control plane, and an Envoy fed by it over xDS."""
+    port, metrics_port = free_port(), free_port()
+    process = ManagedProcess(
+        [sys.executable, "-m", "authz", "serve"],
+        {**authz_env(fx, port, metrics_port), "AUTHZ_FAST_PATH": "on"},
+        work_dir / "authz-fast-path.log",
+        cwd=REPO,
+        inherit_env=False,
+        name="authz-fast-path",
+    ).start()
+    fx.processes.append(process)
+    wait_for_grpc(f"127.0.0.1:{port}", process)
+    ports = EnvoyPorts(free_port(), free_port())
+    envoy = start_envoy(work_dir, "fast-path",
+                        render_relay(ports, port, fx.upstream_url, fast_path=True), ports)
+    fx.processes.append(envoy)
+    deadline = time.monotonic() + READY_S
+    while envoy_counters(ports.admin).get(FAST_PATH_LOADED, 0) < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("fast path: Envoy never accepted the tenant table")
+        time.sleep(0.1)
+    return Target(
+        "fast path",
+        ports.listen,
+        RELAY_PREFIX + CHAT_PATH,
+        {"envoy": [envoy], "authz": [process], "upstream": [fx.upstream_role]},
+        [f"http://127.0.0.1:{metrics_port}/metrics"],
+        admin_port=ports.admin,
     )
 
 
@@ -769,6 +814,17 @@ def targets_summary(
             f"p50 added over Envoy alone at {one} conn: "
             f"{relay1['p50_ms'] - alone1['p50_ms']:.2f} ms (target ≤ 1.0)"
         )
+    fast, fast1 = medians.get(("fast path", top)), medians.get(("fast path", one))
+    if fast and alone:
+        out.append(f"fast path at {top} conns: {fast['rps'] / alone['rps']:.2f}x Envoy alone "
+                   f"(target ≥ 0.8)")
+    if fast1 and alone1:
+        out.append(f"fast path p50 added over Envoy alone at {one} conn: "
+                   f"{fast1['p50_ms'] - alone1['p50_ms']:.3f} ms (target ≤ 0.25)")
+    counts = extra.get("fast_path")
+    if counts:
+        out.append(f"fast path requests during the rounds: {counts['served_by_envoy']} decided "
+                   f"by Envoy alone, {counts['sent_to_ext_authz']} sent to ext_authz")
     relay_rows = [m for k, m in medians.items() if k[0] == "relay"]
     rss_authz = max((m["rss_mb"].get("authz", 0) for m in relay_rows), default=0)
     rss_envoy = max((m["rss_mb"].get("envoy", 0) for m in relay_rows), default=0)
@@ -954,6 +1010,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: start_envoy_alone(fx, opts.work_dir),
             lambda: start_floor(fx, opts.work_dir),
             lambda: start_relay(fx, opts.work_dir, Variant()),
+            lambda: start_fast_path(fx, opts.work_dir),
         ]
         if opts.http_floor:
             builders.append(lambda: start_http_floor(fx, opts.work_dir))
@@ -967,8 +1024,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets = [t for t in targets if t.name in opts.paths]
         log("Envoy alone was checked by `envoy --mode validate` and answers without a token")
         before = scrape(relay.metrics_urls[0])
+        fast = next(t for t in all_targets if t.name == "fast path")
+        assert fast.admin_port is not None
+        fast_before = envoy_counters(fast.admin_port)
         medians = load_phase(opts, fx, targets, wrk)
         after = scrape(relay.metrics_urls[0])
+        fast_after = envoy_counters(fast.admin_port)
+
+        def fast_delta(name: str) -> int:
+            key = f"http.relay.ext_authz.{name}"
+            return fast_after.get(key, 0) - fast_before.get(key, 0)
+
+        extra["fast_path"] = {
+            "served_by_envoy": fast_delta("disabled"),
+            "sent_to_ext_authz": fast_delta("ok") + fast_delta("denied") + fast_delta("error"),
+        }
         extra["vault"] = {
             **after,
             "tenants": opts.tenants,

@@ -78,6 +78,7 @@ def _envoy_config(args: argparse.Namespace) -> int:
             check_timeout_s=settings.check_timeout_s,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
             cors_origins=settings.cors_origins,
+            fast_path=settings.fast_path,
         ))
     except (ConfigError, ValueError) as exc:
         print(f"authz envoy-config: {exc}", file=sys.stderr)

@@ -37,6 +37,14 @@ def parse_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}: {raw!r} is not true or false")
 
 
+def parse_on_off(name: str, raw: str) -> bool:
+    """'on' or 'off' (as the setting is documented), nothing else."""
+    value = raw.strip().lower()
+    if value not in ("on", "off"):
+        raise ConfigError(f"{name}: {raw!r} must be on or off")
+    return value == "on"
+
+
 def parse_duration(name: str, raw: str) -> float:
     """'2s', '250ms', '5m', '1h' or a bare number of seconds → seconds (float)."""
     match = _DURATION.match(raw)

@@ -26,6 +26,7 @@ from typing import NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 
 from authz.config.env import process_environment
+from authz.fastpath import blocks as fast_path
 from authz.stack import cors
 
 __all__ = [
@@ -88,6 +89,8 @@ class EnvoyParams:
     #: Browser origins allowed to call the relay (AUTHZ_CORS_ORIGINS, exact, as
     #: authz.stack.cors.parse_origins returns them); empty = no CORS at all.
     cors_origins: tuple[str, ...] = ()
+    #: AUTHZ_FAST_PATH: Envoy verifies Firebase tokens and injects keys (authz/fastpath/).
+    fast_path: bool = False
 
 
 class Upstream(NamedTuple):
@@ -232,6 +235,10 @@ def render(params: EnvoyParams, template: str | None = None) -> str:
     text = template_text() if template is None else template
     for name, block in blocks.items():
         text = _substitute_block(text, name, block)
+    # Off, these lines vanish with their line break: the rendering is then exactly the
+    # template's without them (a unit test holds it to that).
+    for name, block in fast_path.envoy_blocks(params.fast_path).items():
+        text = _substitute_block(text, name, block, drop_line=True)
     try:
         rendered = Template(text).substitute(values)
     except (KeyError, ValueError) as exc:
@@ -324,9 +331,12 @@ def _upstream_tls(params: EnvoyParams, upstream: Upstream) -> Json | None:
     }
 
 
-def _substitute_block(text: str, name: str, block: Json | None) -> str:
-    """Replace the line holding ${name} with `block` as YAML at that line's indentation."""
-    pattern = re.compile(r"^([ ]*)\$\{" + name + r"\}[ ]*$", re.MULTILINE)
+def _substitute_block(text: str, name: str, block: Json | None, *,
+                      drop_line: bool = False) -> str:
+    """Replace the line holding ${name} with `block` as YAML at that line's indentation;
+    a None block leaves an empty line, or (drop_line) no line at all."""
+    pattern = re.compile(r"^([ ]*)\$\{" + name + r"\}[ ]*" + ("\n" if drop_line else "$"),
+                         re.MULTILINE)
     matches = pattern.findall(text)
     if len(matches) != 1:
         raise ValueError(f"envoy.yaml template must hold ${{{name}}} once, on its own line")
@@ -335,7 +345,7 @@ def _substitute_block(text: str, name: str, block: Json | None) -> str:
         if block is None:
             return ""
         indent = match.group(1)
-        return "\n".join(indent + line for line in _to_yaml(block))
+        return "\n".join(indent + line for line in _to_yaml(block)) + ("\n" if drop_line else "")
 
     return pattern.sub(replace, text)
 

@@ -247,6 +247,7 @@ class Stack:
             check_timeout_s=self.settings.check_timeout_s,
             stream_idle_timeout_s=self.settings.stream_idle_timeout_s,
             cors_origins=self.settings.cors_origins,
+            fast_path=self.settings.fast_path,
         )))
         envoy = Child("envoy", [envoy_binary(), "-c", str(config_path), "--disable-hot-restart",
                                 "--log-level", "warn"], self.run_dir / "envoy.log")

@@ -44,6 +44,8 @@ def relay_env(pki: TestPKI, firebase: FirebaseKeys, vault: BaoDevServer,
         "VAULT_ADDR": vault.addr,
         "VAULT_TOKEN": vault.token,
         "AUTHZ_LOG_LEVEL": "DEBUG",
+        # RELAY_TEST_FAST_PATH=on runs these suites with the fast path (docs/fast-path.md).
+        "AUTHZ_FAST_PATH": os.environ.get("RELAY_TEST_FAST_PATH", "off"),
     }
 
 

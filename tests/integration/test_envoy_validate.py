@@ -143,6 +143,9 @@ CASES: dict[str, Callable[[dict[str, str]], EnvoyParams]] = {
         check_timeout_s=0.25,
         stream_idle_timeout_s=0,
     ),
+    "fast path with cors": lambda pki: EnvoyParams(
+        upstream_ca_file=pki["ca"], fast_path=True, cors_origins=("https://app.example.com",),
+    ),
 }
 
 

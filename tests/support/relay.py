@@ -132,6 +132,7 @@ class RelayStack:
                     check_timeout_s=self.check_timeout_s,
                     stream_idle_timeout_s=self.stream_idle_timeout_s,
                     cors_origins=parse_origins(self.env.get("AUTHZ_CORS_ORIGINS", "")),
+                    fast_path=self.env.get("AUTHZ_FAST_PATH", "off") == "on",
                 )
             )
         )
@@ -155,6 +156,24 @@ class RelayStack:
         )
         self.envoy.start()
         wait_for_http(f"{self.admin_url}/ready", timeout=READY_TIMEOUT_S, process=self.envoy)
+        if self.env.get("AUTHZ_FAST_PATH", "off") == "on":
+            self.wait_for_fast_path()
+
+    def wait_for_fast_path(self) -> None:
+        """Until Envoy has accepted the authz service's first tenant table (xDS)."""
+        import time
+
+        import httpx2 as httpx
+
+        name = "extension_config_discovery.http_filter.relay.fast_path.lua.update_success"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            stats = httpx.get(f"{self.admin_url}/stats?format=json&filter=fast_path",
+                              timeout=5).json()["stats"]
+            if any(s.get("name") == name and s.get("value", 0) >= 1 for s in stats):
+                return
+            time.sleep(0.05)  # readiness poll interval
+        raise TimeoutError(f"Envoy never accepted the fast path config:\n{self.logs()}")
 
     def start(self) -> RelayStack:
         self.work_dir.mkdir(parents=True, exist_ok=True)

@@ -112,6 +112,11 @@ class KeyStore(Generic[K]):
             return None
         return self._keys.get(kid)
 
+    def current(self) -> Mapping[str, K]:
+        """Every usable key by kid, empty once the set is past its stale limit: the fast
+        path hands Envoy exactly the keys this store would verify with."""
+        return dict(self._keys) if self._clock() < self._usable_until else {}
+
     async def key_for(self, kid: str) -> K | None:
         """The key for kid, re-fetching once (rate-limited) when kid is unknown.
 

@@ -137,3 +137,25 @@ def test_default_policy_is_validated_at_start_naming_the_variable():
         parse_default_policy('{"endpoints": "inference", "limit": {}}')
     assert "AUTHZ_DEFAULT_POLICY" in str(error.value)
     assert "'limit'" in str(error.value)
+
+
+def test_fast_path_is_off_unless_on():
+    assert Settings.from_env(BASE).fast_path is False
+    assert Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on"}).fast_path is True
+    assert Settings.from_env({**BASE, "AUTHZ_FAST_PATH": " OFF "}).fast_path is False
+    for bad in ("yes", "true", "1", "fast"):
+        with pytest.raises(ConfigError, match="AUTHZ_FAST_PATH"):
+            Settings.from_env({**BASE, "AUTHZ_FAST_PATH": bad})
+
+
+def test_fast_path_needs_a_listable_vault_path():
+    with pytest.raises(ConfigError, match="AUTHZ_FAST_PATH=on needs AUTHZ_VAULT_PATH"):
+        Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on", "AUTHZ_CLIENT_KEYS": "off",
+                           "AUTHZ_VAULT_PATH": "openai/{client_id}/key"})
+
+
+def test_fast_path_that_can_serve_nothing_is_warned_about():
+    assert Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on"}).warnings() == []
+    revoked = Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on",
+                                 "AUTHZ_FIREBASE_CHECK_REVOKED": "true"})
+    assert any("AUTHZ_FAST_PATH" in w for w in revoked.warnings())

@@ -66,6 +66,9 @@ def test_template_placeholders_are_exactly_the_known_ones() -> None:
         "cors_not_found_routes",
         "cors_virtual_host",
         "cors_filter",
+        "fast_path_bootstrap",
+        "fast_path_filters",
+        "fast_path_ext_authz",
     }
 
 
@@ -435,3 +438,43 @@ def test_parse_upstream_url_errors(url: str, message: str) -> None:
 def test_render_rejects_bad_upstream_url() -> None:
     with pytest.raises(ValueError, match="must not have a path"):
         _render(upstream_url="https://api.openai.com/v1")
+
+
+# ----------------------------------------------------------------- fast path (issue 14)
+
+def _without_fast_path_lines(template: str) -> str:
+    return re.sub(r"^ *\$\{fast_path_\w+\}\n", "", template, flags=re.M)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"cors_origins": ("https://app.example.com",)},
+    {"upstream_url": "http://localhost:8000"},
+])
+def test_fast_path_off_renders_exactly_the_template_without_it(monkeypatch, kwargs):
+    """Off, the three placeholder lines vanish with their line breaks: the config is
+    byte for byte what the template renders without any fast-path line."""
+    off = _render(**kwargs)
+    monkeypatch.setattr(envoy_config.fast_path, "envoy_blocks", lambda enabled: {})
+    assert off == render(EnvoyParams(upstream_ca_file=CA, **kwargs),
+                         _without_fast_path_lines(template_text()))
+    assert "relay.fast_path" not in off
+    assert "dynamic_resources" not in off
+
+
+def test_fast_path_on_adds_ads_the_two_filters_and_the_ext_authz_switch():
+    on = _render(fast_path=True)
+    off = _render()
+    assert on.count("cluster_name: \"authz\"") == 1  # ADS over the authz cluster
+    assert "dynamic_resources:\n  ads_config:" in on
+    assert 'node:\n  id: "openai-relay"' in on
+    filters = on.split("http_filters:", 1)[1]
+    order = [filters.index(name) for name in (
+        '"relay.fast_path.jwt_authn"', '"relay.fast_path.lua"', "envoy.filters.http.ext_authz")]
+    assert order == sorted(order)
+    assert "apply_default_config_without_warming: true" in on
+    assert 'filter: "relay.fast_path"' in on
+    assert "invert: true" in on
+    # Everything else is untouched: on minus the blocks is off.
+    assert len(on.splitlines()) > len(off.splitlines())
+    for line in off.splitlines():
+        assert line in on

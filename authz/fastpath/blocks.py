@@ -1,0 +1,100 @@
+"""The Envoy template's fast-path blocks (authz/stack/envoy_config.py renders them).
+
+With the fast path off every block is None and its placeholder line disappears, so the
+rendered configuration is byte for byte what it was before the fast path existed.
+
+With it on, three filters cooperate in one pass (no second round trip):
+1. jwt_authn (config from xDS: each issuer's keys as an inline JWKS) verifies the bearer
+   token; it never rejects (allow_missing_or_failed): a token it cannot verify just
+   leaves no verified payload behind.
+2. Lua (config from xDS: the tenant table) checks what jwt_authn does not (iat,
+   auth_time, sub, kid, alg, the clientId rules) on the verified payload, and only for
+   a tenant it holds does it replace `authorization` (and the OpenAI-Organization /
+   -Project headers) and mark the request decided in dynamic metadata.
+3. ext_authz runs unless that mark is set: every request the fast path does not serve
+   (client keys, emulator or OIDC tokens, bad tokens, unknown or governed tenants)
+   is decided by the authz service exactly as with the fast path off.
+Nothing is routed on: the route is the same for every tenant, so a client-sent header
+cannot choose a tenant's key (the clear_route_cache trap of per-tenant routes).
+
+Until the first xDS answer both filters run their default config (no providers, a Lua
+that decides nothing): everything goes to ext_authz.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+Json: TypeAlias = dict[str, "Json"] | list["Json"] | str | int | bool
+
+BLOCK_NAMES = ("fast_path_bootstrap", "fast_path_filters", "fast_path_ext_authz")
+
+#: ECDS resource names (the filters' names in the chain).
+JWT_FILTER = "relay.fast_path.jwt_authn"
+LUA_FILTER = "relay.fast_path.lua"
+JWT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+#: Dynamic metadata the Lua filter sets on a request it decided.
+DECIDED_NAMESPACE = "relay.fast_path"
+DECIDED_KEY = "decided"
+#: Lua that decides nothing: every request goes to ext_authz.
+NOOP_LUA = "function envoy_on_request(request_handle) end\n"
+NODE_ID = "openai-relay"
+
+
+def envoy_blocks(enabled: bool) -> dict[str, Json | None]:
+    if not enabled:
+        return dict.fromkeys(BLOCK_NAMES)
+    ads: Json = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "fast_path_bootstrap": {
+            # xDS needs a node identity; ADS rides the authz cluster (HTTP/2 already).
+            "node": {"id": NODE_ID, "cluster": NODE_ID},
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "set_node_on_first_message_only": True,
+                    # Reconnect within 2 s of authz coming back (the default backoff
+                    # grows to 30 s): pushes and the lease resume at once.
+                    "grpc_services": [{"envoy_grpc": {
+                        "cluster_name": "authz",
+                        "retry_policy": {"retry_back_off": {"base_interval": "0.5s",
+                                                            "max_interval": "2s"}},
+                    }}],
+                },
+            },
+        },
+        "fast_path_filters": [
+            {
+                "name": JWT_FILTER,
+                "config_discovery": {
+                    "config_source": ads,
+                    "default_config": {"@type": JWT_TYPE},
+                    "apply_default_config_without_warming": True,
+                    "type_urls": [JWT_TYPE],
+                },
+            },
+            {
+                "name": LUA_FILTER,
+                "config_discovery": {
+                    "config_source": ads,
+                    "default_config": {
+                        "@type": LUA_TYPE,
+                        "default_source_code": {"inline_string": NOOP_LUA},
+                    },
+                    "apply_default_config_without_warming": True,
+                    "type_urls": [LUA_TYPE],
+                },
+            },
+        ],
+        "fast_path_ext_authz": {
+            # Skipped only for a request the Lua filter decided; any other, ext_authz.
+            "filter_enabled_metadata": {
+                "filter": DECIDED_NAMESPACE,
+                "path": [{"key": DECIDED_KEY}],
+                "value": {"bool_match": True},
+                "invert": True,
+            },
+        },
+    }

@@ -1,0 +1,545 @@
+"""AUTHZ_FAST_PATH=on against the real parts: Envoy verifies Firebase tokens (jwt_authn)
+and injects the tenant's key (Lua) from configs the authz service pushes over xDS; what
+it cannot decide goes to ext_authz in the same pass. The contract must not change.
+
+Which path answered is read from Envoy's own counters: `ext_authz.disabled` counts the
+requests the fast path decided, `ext_authz.ok`/`denied` those the service decided.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import time
+from collections.abc import Iterator
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from tests.integration.conftest import relay_env
+from tests.support.authz_cli import authz, authz_json, seconds_until
+from tests.support.oidc import JwksServer, OidcIssuerKeys
+from tests.support.relay import RelayStack
+
+pytestmark = pytest.mark.integration
+
+AUTH_FAILED = {"error": "Authentication failed"}
+CLIENT_ID_NOT_FOUND = {"error": "Client ID not found"}
+KEY_NOT_FOUND = {"error": "OpenAI API key not found"}
+PUSH_DEADLINE_S = 2.0
+NOW = time.time()
+HOSTILE = {
+    "cookie": "session=abc",
+    "proxy-authorization": "Basic eDp5",
+    "x-api-key": "sk-client-own-key",
+    "x-client-id": "globex",
+    "x-tenant-id": "globex",
+    "x-relay-client-id": "globex",
+    "x-forwarded-for": "203.0.113.9",
+    "x-forwarded-host": "evil.example",
+    "forwarded": "for=203.0.113.9",
+    "x-real-ip": "203.0.113.9",
+    "x-envoy-original-path": "/admin",
+    "openai-organization": "org-client-chosen",
+    "openai-project": "proj-client-chosen",
+}
+FORBIDDEN_UPSTREAM = set(HOSTILE) - {"openai-organization", "openai-project"}
+
+
+def envoy_counters(relay: RelayStack) -> dict[str, int]:
+    stats = httpx.get(f"{relay.admin_url}/stats?format=json", timeout=5).json()["stats"]
+    return {s["name"]: s["value"] for s in stats if isinstance(s.get("value"), int)}
+
+
+class Paths:
+    """Counts which path decided the requests made inside a `with` block."""
+
+    def __init__(self, relay: RelayStack) -> None:
+        self.relay = relay
+        self.fast = self.authz = 0
+
+    def __enter__(self) -> Paths:
+        self._before = envoy_counters(self.relay)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = envoy_counters(self.relay)
+
+        def delta(name: str) -> int:
+            key = f"http.relay.ext_authz.{name}"
+            return after[key] - self._before[key]
+
+        self.fast = delta("disabled")
+        self.authz = delta("ok") + delta("denied") + delta("error")
+
+
+@pytest.fixture(scope="module")
+def fast_relay(pki, firebase, vault, fake_openai, tenants, tmp_path_factory
+               ) -> Iterator[RelayStack]:
+    env = {**relay_env(pki, firebase, vault, fake_openai), "AUTHZ_FAST_PATH": "on",
+           # The ext_authz path's own key cache must not hide what the push does.
+           "AUTHZ_KEY_CACHE_TTL": "1s", "AUTHZ_KEY_NEGATIVE_TTL": "0.5s"}
+    stack = RelayStack(env, tmp_path_factory.mktemp("fast-relay")).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def get(relay: RelayStack, headers: dict[str, str], path: str = "/models") -> httpx.Response:
+    with httpx.Client(timeout=20) as client:
+        return client.get(relay.api_base + path, headers=headers)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def assert_denied(response: httpx.Response, upstream, status: int, body: dict[str, str]
+                  ) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == body
+    assert "server" not in response.headers
+    assert not any(name.startswith("x-envoy") for name in response.headers)
+    assert upstream.requests == []
+
+
+def test_a_firebase_token_of_a_plain_tenant_is_served_by_envoy_alone(
+        fast_relay, upstream, token_for, tenants):
+    with Paths(fast_relay) as paths:
+        response = get(fast_relay, bearer(token_for("acme")))
+    assert response.status_code == 200
+    assert (paths.fast, paths.authz) == (1, 0)
+    [received] = upstream.requests
+    assert received.header_values("authorization") == [f"Bearer {tenants['acme'].api_key}"]
+    # The access log names the tenant as on the ext_authz path.
+    line = seconds_until(lambda: '"client_id":"acme"' in fast_relay.logs()["envoy"], 5)
+    assert line >= 0
+
+
+@pytest.mark.parametrize(
+    "mint_kwargs",
+    [
+        {"variant": "none"},
+        {"variant": "hs256_confusion"},
+        {"variant": "unknown_signer"},
+        {"variant": "tampered"},
+        {"kid": "unknown-kid"},
+        {"remove_header": ["kid"]},
+        {"header": {"kid": ""}},
+        {"now": NOW - 7200},
+        {"iat": int(NOW + 3600)},
+        {"auth_time": int(NOW + 3600)},
+        {"remove": ["auth_time"]},
+        {"remove": ["iat"]},
+        {"iat": "1700000000"},
+        {"nbf": int(NOW + 3600)},
+        {"aud": "other-project"},
+        {"aud": ["demo-relay", "other"]},
+        {"iss": "https://securetoken.google.com/other-project"},
+        {"sub": ""},
+        {"sub": "u" * 129},
+        {"sub": 12345},
+    ],
+    ids=["alg-none", "hs256-key-confusion", "unknown-signer", "tampered", "unknown-kid",
+         "no-kid", "empty-kid", "expired", "iat-future", "auth-time-future",
+         "no-auth-time", "no-iat", "iat-string", "nbf-future", "wrong-aud", "aud-list",
+         "wrong-iss", "empty-sub", "sub-129", "sub-number"],
+)
+def test_tokens_the_service_refuses_are_refused_alike(fast_relay, upstream, token_for,
+                                                      mint_kwargs):
+    token = token_for("acme", **mint_kwargs)
+    with Paths(fast_relay) as paths:
+        response = get(fast_relay, bearer(token))
+    assert_denied(response, upstream, 401, AUTH_FAILED)
+    # Envoy did not let it through on its own: the service said no.
+    assert (paths.fast, paths.authz) == (0, 1)
+
+
+@pytest.mark.parametrize("authorization", [
+    None, "", "Bearer", "Basic dXNlcjpwYXNz", "Bearer not-a-jwt", "Bearer a.b.c",
+    "Bearer " + "A" * 20_000])
+def test_missing_or_malformed_credentials(fast_relay, upstream, authorization):
+    headers = {} if authorization is None else {"authorization": authorization}
+    assert_denied(get(fast_relay, headers), upstream, 401, AUTH_FAILED)
+
+
+def test_a_token_in_the_query_string_is_not_a_credential(fast_relay, upstream, token_for):
+    # jwt_authn's default would read ?access_token=; the fast path reads the header only.
+    response = get(fast_relay, {}, path=f"/models?access_token={token_for('acme')}")
+    assert_denied(response, upstream, 401, AUTH_FAILED)
+
+
+def test_sub_of_128_characters_and_lowercase_bearer_are_accepted(fast_relay, upstream,
+                                                                 token_for, tenants):
+    token = token_for("acme", uid="u" * 128)
+    with Paths(fast_relay) as paths:
+        ok = get(fast_relay, bearer(token))
+        lower = get(fast_relay, {"authorization": f"bearer {token}"})
+    assert (ok.status_code, lower.status_code) == (200, 200)
+    # The lower-case scheme is outside jwt_authn's prefix: the service serves it.
+    assert (paths.fast, paths.authz) == (1, 1)
+    assert [r.header("authorization") for r in upstream.requests] == [
+        f"Bearer {tenants['acme'].api_key}"] * 2
+
+
+@pytest.mark.parametrize("client_id_claims", [
+    {}, {"clientId": "../globex"}, {"clientId": 7}, {"clientId": ["acme"]},
+    {"clientId": "bad/../x", "firebase": {"tenant": "acme"}},
+], ids=["none", "dotdot", "number", "list", "invalid-first-claim-does-not-fall-through"])
+def test_client_id_not_found(fast_relay, upstream, firebase, client_id_claims):
+    token = firebase.mint(None, "user-1", None, **client_id_claims)
+    assert_denied(get(fast_relay, bearer(token)), upstream, 500, CLIENT_ID_NOT_FOUND)
+
+
+def test_the_second_claim_names_the_tenant_when_the_first_is_absent(fast_relay, upstream,
+                                                                    firebase, tenants):
+    token = firebase.mint(None, "user-1", None, "globex")
+    with Paths(fast_relay) as paths:
+        assert get(fast_relay, bearer(token)).status_code == 200
+    assert paths.fast == 1
+    [received] = upstream.requests
+    assert received.header("authorization") == f"Bearer {tenants['globex'].api_key}"
+
+
+def test_unknown_tenant(fast_relay, upstream, token_for):
+    assert_denied(get(fast_relay, bearer(token_for("nobody-here"))), upstream, 500,
+                  KEY_NOT_FOUND)
+
+
+def test_headers_are_stripped_and_a_client_sent_tenant_header_selects_nothing(
+        fast_relay, upstream, token_for, tenants):
+    token = token_for("acme")
+    with Paths(fast_relay) as paths:
+        response = get(fast_relay, {**HOSTILE, **bearer(token), "x-keep-me": "yes"})
+    assert response.status_code == 200
+    assert paths.fast == 1
+    [received] = upstream.requests
+    names = received.header_names()
+    # acme's key, never globex's, whatever the client says its tenant is.
+    assert received.header_values("authorization") == [f"Bearer {tenants['acme'].api_key}"]
+    assert tenants["globex"].api_key not in repr(received.headers)
+    assert not names & FORBIDDEN_UPSTREAM
+    assert not [n for n in names if n.startswith(("x-forwarded-", "x-envoy-", "x-relay-"))]
+    assert "openai-organization" not in names
+    assert "openai-project" not in names
+    assert received.header("x-keep-me") == "yes"
+    assert token not in repr(received.headers)
+    assert "set-cookie" not in response.headers
+    assert response.headers.get("server") != "envoy"
+
+
+def test_tenant_organization_and_project_replace_the_clients(fast_relay, upstream,
+                                                             token_for, tenants):
+    response = get(fast_relay, {**HOSTILE, **bearer(token_for("globex"))})
+    assert response.status_code == 200
+    [received] = upstream.requests
+    assert received.header_values("openai-organization") == ["org-globex"]
+    assert received.header_values("openai-project") == ["proj-globex"]
+    assert received.header_values("authorization") == [f"Bearer {tenants['globex'].api_key}"]
+
+
+def sdk_client(relay: RelayStack, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=relay.api_base, api_key=key, max_retries=0,
+                         http_client=httpx.Client(timeout=30))
+
+
+def test_streaming_with_the_openai_sdk(fast_relay, upstream, token_for, tenants):
+    client = sdk_client(fast_relay, token_for("acme"))
+    with Paths(fast_relay) as paths:
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+        chunks = [c.choices[0].delta.content for c in stream if c.choices]
+        with client.responses.create(model="gpt-4o-mini", input="hi", stream=True) as events:
+            kinds = [event.type for event in events]
+    assert "".join(c for c in chunks if c)
+    assert kinds[-1] == "response.completed"
+    assert paths.fast == 2
+    assert {r.header("authorization") for r in upstream.requests} == {
+        f"Bearer {tenants['acme'].api_key}"}
+
+
+def test_envoys_own_replies_stay_json(fast_relay, token_for):
+    with httpx.Client(timeout=20) as client:
+        outside = client.get(fast_relay.url + "/elsewhere", headers=bearer(token_for("acme")))
+        escaped = client.get(fast_relay.url + "/api/openai/v1%2Fmodels")
+    assert (outside.status_code, outside.json()) == (404, {"error": "Not found"})
+    assert (escaped.status_code, escaped.json()) == (400, {"error": "Bad request"})
+
+
+def test_client_keys_still_work_through_ext_authz(fast_relay, vault, upstream, tenants):
+    issued = authz_json("keys", "issue", "acme", "--name", "fast-path", env=vault.env)
+    try:
+        with Paths(fast_relay) as paths:
+            reply = sdk_client(fast_relay, issued["key"]).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content
+        assert (paths.fast, paths.authz) == (0, 1)
+        [received] = upstream.requests
+        assert received.header("authorization") == f"Bearer {tenants['acme'].api_key}"
+    finally:
+        authz("keys", "revoke", "acme", issued["key_id"], env=vault.env)
+
+
+def test_a_governed_tenant_stays_on_ext_authz(fast_relay, vault, upstream, token_for):
+    vault.put_tenant("governed", "sk-governed-0123456789abcd",
+                     extra={"policy": {"endpoints": "inference"}})
+    try:
+        # Long enough for a push that (wrongly) included it to land.
+        time.sleep(PUSH_DEADLINE_S)  # the absence of a push cannot be awaited
+        with Paths(fast_relay) as paths:
+            assert get(fast_relay, bearer(token_for("governed"))).status_code == 200
+        assert (paths.fast, paths.authz) == (0, 1)
+    finally:
+        vault.delete_tenant("governed")
+
+
+def fast_served_key(relay: RelayStack, upstream, token: str) -> str | None:
+    """The key the upstream got for one request the fast path served (None otherwise)."""
+    upstream.clear()
+    with Paths(relay) as paths:
+        response = get(relay, bearer(token))
+    if response.status_code != 200 or paths.fast != 1:
+        return None
+    return upstream.requests[-1].header("authorization")
+
+
+def test_a_new_tenant_and_a_rotation_reach_envoy_within_2s(fast_relay, vault, upstream,
+                                                          token_for):
+    token = token_for("rotating")
+    vault.put_tenant("rotating", "sk-rotating-first-000000000")
+    try:
+        took = seconds_until(lambda: fast_served_key(fast_relay, upstream, token)
+                             == "Bearer sk-rotating-first-000000000", PUSH_DEADLINE_S)
+        vault.put_tenant("rotating", "sk-rotating-second-11111111")
+        took = seconds_until(lambda: fast_served_key(fast_relay, upstream, token)
+                             == "Bearer sk-rotating-second-11111111", PUSH_DEADLINE_S)
+        assert took <= PUSH_DEADLINE_S
+    finally:
+        vault.delete_tenant("rotating")
+
+
+def test_deletion_and_cache_invalidate_reach_envoy_within_2s(fast_relay, vault, upstream,
+                                                             token_for):
+    token = token_for("leaving")
+    vault.put_tenant("leaving", "sk-leaving-0000000000000000")
+    seconds_until(lambda: fast_served_key(fast_relay, upstream, token) is not None,
+                  PUSH_DEADLINE_S)
+    vault.delete_tenant("leaving")
+    result = authz("cache", "invalidate", "leaving", "--admin",
+                   fast_relay.metrics_url.removeprefix("http://").removesuffix("/metrics"))
+    assert result.returncode == 0, result.stderr
+
+    def refused() -> bool:
+        upstream.clear()
+        response = get(fast_relay, bearer(token))
+        return response.status_code == 500 and response.json() == KEY_NOT_FOUND
+
+    seconds_until(refused, PUSH_DEADLINE_S)
+    assert upstream.requests == []
+
+
+def test_no_key_or_token_in_any_log_or_client_answer(fast_relay, token_for, tenants):
+    token = token_for("acme")
+    answers = [get(fast_relay, bearer(token)), get(fast_relay, bearer(token + "x")),
+               get(fast_relay, bearer(token_for("nobody-here")))]
+    texts = [r.text + repr(r.headers) for r in answers]
+    logs = fast_relay.logs()
+    for tenant in tenants.values():
+        for text in (*texts, logs["envoy"], logs["authz"]):
+            assert tenant.api_key not in text
+    assert token not in logs["envoy"] + logs["authz"]
+
+
+def test_keys_inside_envoy_are_readable_on_the_loopback_admin_only(fast_relay, tenants):
+    # Where the keys live (docs/fast-path.md): the Lua extension config, which Envoy's
+    # config_dump shows in full. So the admin interface must stay on loopback, as the
+    # renderer enforces for every deployment.
+    dump = httpx.get(f"{fast_relay.admin_url}/config_dump?resource=ecds_filters",
+                     timeout=5).text
+    assert tenants["acme"].api_key in dump
+    config = (fast_relay.work_dir / "envoy.yaml").read_text()
+    admin = re.search(r"^admin:\n.*?socket_address: \{ address: (\S+), port_value: (\d+)",
+                      config, re.MULTILINE | re.DOTALL)
+    assert admin is not None
+    assert ipaddress.ip_address(admin.group(1).strip('"')).is_loopback
+    assert int(admin.group(2)) == fast_relay.admin_port
+
+
+def test_unverifiable_tokens_cost_one_check_each_not_two(fast_relay, upstream, token_for):
+    with Paths(fast_relay) as paths:
+        get(fast_relay, bearer(token_for("acme", variant="tampered")))
+    assert paths.authz == 1
+
+
+def test_config_is_json_serialisable_for_the_access_log(fast_relay):
+    # The access log lines the fast path writes are valid JSON with the usual fields.
+    lines = [json.loads(line) for line in fast_relay.logs()["envoy"].splitlines()
+             if line.startswith("{")]
+    assert lines
+    assert all({"status", "client_id", "token_type"} <= set(line) for line in lines)
+
+
+def test_a_remembered_token_still_expires(fast_relay, upstream, token_for):
+    # Expired 27 s ago: still inside the 30 s clock skew for about 2 s more. Served by
+    # the fast path (and so remembered by it), then refused once the skew runs out.
+    token = token_for("acme", exp=int(time.time()) - 27)
+    with Paths(fast_relay) as paths:
+        assert get(fast_relay, bearer(token)).status_code == 200
+    assert paths.fast == 1
+
+    def refused() -> bool:
+        return get(fast_relay, bearer(token)).status_code == 401
+
+    seconds_until(refused, timeout=6)
+    upstream.clear()
+    assert_denied(get(fast_relay, bearer(token)), upstream, 401, AUTH_FAILED)
+
+
+def test_authz_up_runs_the_fast_path(start_up, upstream, token_for, tmp_path):
+    logs = tmp_path / "up-logs"
+    running = start_up({"AUTHZ_FAST_PATH": "on", "OPENAI_API_KEY": "sk-demo-fast-0123456789"},
+                       "--demo", "--logs", str(logs))
+    config = (logs / "envoy.yaml").read_text()
+    admin = re.search(r"^admin:\n.*?port_value: (\d+)", config, re.MULTILINE | re.DOTALL)
+    assert admin is not None
+    stack = RelayStack({}, logs, admin_port=int(admin.group(1)))
+    stack.wait_for_fast_path()
+
+    def served_by_envoy() -> bool:
+        # The demo tenant is stored just before the banner: within a push of it, Envoy
+        # serves it alone (until then ext_authz does).
+        with Paths(stack) as paths, httpx.Client(timeout=20) as client:
+            response = client.get(running.api_base + "/models",
+                                  headers=bearer(token_for("demo")))
+        assert response.status_code == 200
+        return paths.fast == 1
+
+    seconds_until(served_by_envoy, PUSH_DEADLINE_S)
+    assert upstream.requests[-1].header("authorization") == "Bearer sk-demo-fast-0123456789"
+
+
+def test_with_authz_down_envoy_stops_deciding_alone_when_the_lease_runs_out(
+        make_relay, upstream, token_for):
+    relay = make_relay({"AUTHZ_FAST_PATH": "on"})
+    token = token_for("acme")
+    with Paths(relay) as paths:
+        assert get(relay, bearer(token)).status_code == 200
+    assert paths.fast == 1
+    relay.authz.stop()
+    # Lease 10 s, renewed every 5 s: at most 15 s of serving without the control plane.
+    took = seconds_until(lambda: get(relay, bearer(token)).status_code == 500, timeout=17)
+    assert took <= 15.5
+    upstream.clear()
+    response = get(relay, bearer(token))
+    assert response.status_code == 500
+    assert response.json()["error"] == "OpenAI proxy internal error"
+    assert upstream.requests == []
+    relay.start_authz()  # Envoy reconnects to the control plane: Envoy alone again
+
+    def served_by_envoy() -> bool:
+        with Paths(relay) as paths:
+            status = get(relay, bearer(token)).status_code
+        return status == 200 and paths.fast == 1
+
+    seconds_until(served_by_envoy, timeout=10)
+
+
+def test_a_key_with_quotes_and_backslashes_reaches_the_upstream_intact(
+        fast_relay, vault, upstream, token_for):
+    # The tenant table is Lua source generated from Vault's values: none may break it.
+    odd = 'sk-odd"quote\\back]]slash\'s--[[x'
+    vault.put_tenant("oddkey", odd, organization='org-"x"')
+    token = token_for("oddkey")
+    try:
+        seconds_until(lambda: fast_served_key(fast_relay, upstream, token) == f"Bearer {odd}",
+                      PUSH_DEADLINE_S)
+        assert upstream.requests[-1].header("openai-organization") == 'org-"x"'
+        # The other tenants are still served: the whole table compiled.
+        assert fast_served_key(fast_relay, upstream, token_for("acme")) is not None
+    finally:
+        vault.delete_tenant("oddkey")
+
+
+# ------------------------------------------------------------------- OIDC issuers
+
+OIDC_ISSUER = "https://login.example.test/realms/fast"
+
+
+@pytest.fixture(scope="module")
+def oidc_keys() -> Iterator[tuple[OidcIssuerKeys, JwksServer]]:
+    keys = OidcIssuerKeys(OIDC_ISSUER, audience="relay-api")
+    server = JwksServer(keys).start()
+    try:
+        yield keys, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def oidc_relay(pki, firebase, vault, fake_openai, tenants, oidc_keys, tmp_path_factory
+               ) -> Iterator[RelayStack]:
+    _, server = oidc_keys
+    env = {**relay_env(pki, firebase, vault, fake_openai), "AUTHZ_FAST_PATH": "on",
+           "AUTHZ_OIDC_ISSUERS": json.dumps([{
+               "issuer": OIDC_ISSUER, "audience": ["relay-api", "other-api"],
+               "jwks_url": server.url, "client_id_claim": ["org.tenant", "clientId"]}])}
+    stack = RelayStack(env, tmp_path_factory.mktemp("fast-relay-oidc")).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("claims", [
+    {"clientId": "acme"}, {"org": {"tenant": "acme"}}, {"aud": ["x", "other-api"],
+                                                       "clientId": "acme"},
+], ids=["claim", "nested-claim", "aud-list"])
+def test_oidc_tokens_are_served_by_envoy_alone(oidc_relay, oidc_keys, upstream, tenants,
+                                               token_for, claims):
+    keys, _ = oidc_keys
+    with Paths(oidc_relay) as paths:
+        response = get(oidc_relay, bearer(keys.mint("alice", **claims)))
+    assert response.status_code == 200
+    assert (paths.fast, paths.authz) == (1, 0)
+    assert upstream.requests[-1].header("authorization") == f"Bearer {tenants['acme'].api_key}"
+    # Firebase tokens still work beside them.
+    assert fast_served_key(oidc_relay, upstream, token_for("acme")) is not None
+
+
+@pytest.mark.parametrize("mint_kwargs", [
+    {"alg": "RS384"},
+    {"header": {"kid": None}},
+    {"header": {"kid": ""}},
+    {"iat": int(NOW + 3600)},
+    {"iat": None},
+    {"nbf": int(NOW + 3600)},
+    {"aud": ["x", "y"]},
+    {"aud": "relay"},
+    {"sub": ""},
+    {"sub": "s" * 256},
+    {"variant": "tampered"},
+    {"variant": "none"},
+], ids=["alg-not-allowed", "no-kid", "empty-kid", "iat-future", "no-iat", "nbf-future",
+        "aud-list-without-ours", "wrong-aud", "empty-sub", "sub-256", "tampered", "alg-none"])
+def test_oidc_tokens_the_service_refuses_are_refused_alike(oidc_relay, oidc_keys, upstream,
+                                                           mint_kwargs):
+    keys, _ = oidc_keys
+    kwargs = {"sub": "alice", "clientId": "acme", **mint_kwargs}
+    token = keys.mint(**kwargs)
+    with Paths(oidc_relay) as paths:
+        response = get(oidc_relay, bearer(token))
+    assert_denied(response, upstream, 401, AUTH_FAILED)
+    assert (paths.fast, paths.authz) == (0, 1)
+
+
+def test_oidc_client_id_rules_match_the_services(oidc_relay, oidc_keys, upstream):
+    keys, _ = oidc_keys
+    # The first configured claim is present but invalid: no falling through to clientId.
+    token = keys.mint("alice", org={"tenant": "../x"}, clientId="acme")
+    assert_denied(get(oidc_relay, bearer(token)), upstream, 500, CLIENT_ID_NOT_FOUND)
+    token = keys.mint("alice", clientId="nobody-here")
+    assert_denied(get(oidc_relay, bearer(token)), upstream, 500, KEY_NOT_FOUND)

@@ -1,0 +1,183 @@
+"""authz.fastpath: what Envoy is sent (JWKS, jwt_authn, Lua), built without an Envoy."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+
+from authz.credentials.jose.jwks import Jwk
+from authz.credentials.oidc import OidcIssuer
+from authz.fastpath.blocks import JWT_FILTER, LUA_FILTER, NOOP_LUA
+from authz.fastpath.resources import (
+    FastTenant,
+    build_resources,
+    firebase_issuer,
+    jwks_from_keys,
+    jwt_authn_config,
+    lua_source,
+    oidc_issuer,
+)
+from authz.fastpath.tenants import is_plain_policy, tenant_from_record
+
+PROJECT = "demo-relay"
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+LEASE = 1_900_000_000
+CLAIMS = ("clientId", "firebase.tenant")
+
+
+def firebase(keys=None):
+    return firebase_issuer(PROJECT, {"kid-1": KEY} if keys is None else keys, CLAIMS)
+
+
+OIDC = oidc_issuer(0, OidcIssuer("https://login.example.test/", ("relay", "api"),
+                                 "https://login.example.test/jwks", ("org.tenant",), None,
+                                 ("RS256", "RS384")),
+                   {"k-a": Jwk(KEY, "RS384"), "k-b": Jwk(KEY, None)})
+TENANTS = [FastTenant("acme", "sk-acme-1"), FastTenant("globex", "sk-globex-2", "org-g", None)]
+
+
+def _uint(text: str) -> int:
+    return int.from_bytes(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), "big")
+
+
+def test_jwks_carries_each_cert_key_as_an_rs256_jwk():
+    [jwk] = jwks_from_keys({"kid-1": (KEY, "RS256")})["keys"]  # type: ignore[misc]
+    numbers = KEY.public_numbers()
+    assert (jwk["kid"], jwk["kty"], jwk["alg"], jwk["use"]) == ("kid-1", "RSA", "RS256", "sig")
+    assert (_uint(jwk["n"]), _uint(jwk["e"])) == (numbers.n, numbers.e)
+    assert "=" not in jwk["n"] + jwk["e"]
+
+
+def test_jwt_authn_verifies_firebase_and_never_rejects():
+    config = jwt_authn_config([firebase()], 30)
+    provider = config.providers["firebase"]
+    assert provider.issuer == f"https://securetoken.google.com/{PROJECT}"
+    assert list(provider.audiences) == [PROJECT]
+    assert provider.require_expiration
+    assert provider.forward
+    assert provider.clock_skew_seconds == 30
+    # The header only: jwt_authn's default would also read ?access_token=.
+    assert [(h.name, h.value_prefix) for h in provider.from_headers] == [
+        ("authorization", "Bearer ")]
+    assert not provider.from_params
+    assert json.loads(provider.local_jwks.inline_string) == jwks_from_keys(
+        {"kid-1": (KEY, "RS256")})
+    assert (provider.payload_in_metadata, provider.header_in_metadata) == (
+        "firebase_payload", "firebase_header")
+    [rule] = config.rules
+    requirements = rule.requires.requires_any.requirements
+    assert [r.WhichOneof("requires_type") for r in requirements] == [
+        "provider_name", "allow_missing_or_failed"]
+
+
+@pytest.mark.parametrize("issuers", [[], [firebase({})]], ids=["no-issuer", "no-keys"])
+def test_without_an_issuer_with_keys_nothing_is_verified(issuers):
+    resources = build_resources(issuers, TENANTS, 30, LEASE)
+    jwt = jwt_pb2.JwtAuthentication()
+    resources[JWT_FILTER].typed_config.Unpack(jwt)
+    lua = lua_pb2.Lua()
+    resources[LUA_FILTER].typed_config.Unpack(lua)
+    assert not jwt.providers
+    assert not jwt.rules
+    assert lua.default_source_code.inline_string == NOOP_LUA
+
+
+def test_lua_holds_the_tenant_table_and_the_settings():
+    source = lua_source([firebase(), OIDC], TENANTS, 30, LEASE)
+    assert '["acme"] = {"Bearer sk-acme-1", false, false},' in source
+    assert '["globex"] = {"Bearer sk-globex-2", "org-g", false},' in source
+    assert '    claims = {{"clientId"}, {"firebase", "tenant"}},' in source
+    assert '    iss = "https://securetoken.google.com/demo-relay",' in source
+    assert '    exact_audience = "demo-relay",' in source
+    assert '    not_after_now = {"iat", "auth_time"},' in source
+    assert '    max_subject = 128,' in source
+    # The OIDC issuer: any listed audience, its algorithms, iat only, 255 characters.
+    assert '    exact_audience = false,\n    audiences = {["relay"] = true, ["api"] = true},' \
+        in source
+    assert '    algorithms = {["RS256"] = true, ["RS384"] = true},' in source
+    assert '    not_after_now = {"iat"},\n    max_subject = 255,' in source
+    assert '    claims = {{"org", "tenant"}},\n    token_type = "oidc",' in source
+    assert "local SKEW = 30" in source
+    assert f"local LEASE_UNTIL = {LEASE}" in source
+    # The lease is checked before anything else.
+    body = source.split("function envoy_on_request(handle)", 1)[1]
+    assert body.split("\n")[3] == "  if os.time() >= LEASE_UNTIL then return end"
+    assert "function envoy_on_request(handle)" in source
+    assert "envoy_on_response" not in source  # nothing runs on the response side
+
+
+@pytest.mark.parametrize("hostile", [
+    'sk-"quote', "sk-back\\slash", "sk-new\nline", "sk-]]long", "sk-\x00nul", "sk-é",
+])
+def test_no_value_escapes_its_lua_string(hostile):
+    source = lua_source([firebase()], [FastTenant("acme", hostile, hostile, hostile)],
+                        30, LEASE)
+    table = source.split("local TENANTS = {\n", 1)[1].split("\n}", 1)[0]
+    # One line, only printable ASCII, every quote and backslash written as \ddd.
+    assert "\n" not in table
+    assert table.isprintable()
+    assert table.isascii()
+    literals = re.findall(r'"([^"]*)"', table)
+    assert len(literals) == 4  # the client id, then three values: nothing else quoted
+
+    def lua_decode(literal: str) -> str:
+        raw = re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1))), literal)
+        return raw.encode("latin-1").decode("utf-8")
+
+    assert [lua_decode(v) for v in literals] == ["acme", "Bearer " + hostile, hostile, hostile]
+
+
+def test_tenant_table_is_sorted_so_equal_inputs_give_equal_configs():
+    first = build_resources([firebase(), OIDC], TENANTS, 30, LEASE)
+    second = build_resources([firebase(), OIDC], TENANTS[::-1], 30, LEASE)
+    assert {n: r.SerializeToString(deterministic=True) for n, r in first.items()} == {
+        n: r.SerializeToString(deterministic=True) for n, r in second.items()}
+
+
+@pytest.mark.parametrize(("policy", "default_is_plain", "plain"), [
+    (None, True, True),
+    (None, False, False),
+    ({"endpoints": "all"}, False, True),
+    ('{"endpoints": "all"}', True, True),
+    ({"endpoints": "inference"}, True, False),
+    ({"endpoints": "all", "models": ["gpt-4o-mini"]}, True, False),
+    ({"endpoints": "all", "limits": {}}, True, False),
+    ("not json", True, False),
+    (["all"], True, False),
+])
+def test_only_plain_policies_are_served(policy, default_is_plain, plain):
+    assert is_plain_policy(policy, default_is_plain=default_is_plain) is plain
+
+
+@pytest.mark.parametrize(("client_id", "data", "expected"), [
+    ("acme", {"api_key": " sk-1 ", "organization": " org ", "project": ""},
+     FastTenant("acme", "sk-1", "org", None)),
+    ("acme", {"api_key": "  "}, None),
+    ("acme", {"organization": "org"}, None),
+    ("acme", None, None),
+    ("..", {"api_key": "sk-1"}, None),
+    ("acme", {"api_key": "sk-1", "policy": {"endpoints": "inference"}}, None),
+])
+def test_tenant_records_are_read_as_the_service_reads_them(client_id, data, expected):
+    assert tenant_from_record(client_id, data) == expected
+
+
+def test_oidc_providers_keep_each_keys_own_algorithm():
+    config = jwt_authn_config([firebase(), OIDC], 30)
+    assert sorted(config.providers) == ["firebase", "oidc0"]
+    provider = config.providers["oidc0"]
+    assert provider.issuer == "https://login.example.test/"
+    assert list(provider.audiences) == ["relay", "api"]
+    keys = {k["kid"]: k for k in json.loads(provider.local_jwks.inline_string)["keys"]}
+    assert keys["k-a"]["alg"] == "RS384"
+    assert "alg" not in keys["k-b"]  # the issuer named none: the Lua allow-list decides
+    [rule] = config.rules
+    assert [r.WhichOneof("requires_type") or "" for r in
+            rule.requires.requires_any.requirements] == [
+        "provider_name", "provider_name", "allow_missing_or_failed"]

@@ -1,0 +1,161 @@
+"""authz.fastpath.xds: the ADS stream and the control loop, driven in process (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from envoy.config.core.v3 import extension_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+
+from authz.errors import VaultUnavailable
+from authz.fastpath.blocks import JWT_FILTER, LUA_FILTER
+from authz.fastpath.resources import FastIssuer, FastTenant, firebase_issuer
+from authz.fastpath.xds import EXTENSION_CONFIG_TYPE, AdsServer, FastPathControl
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+
+
+def issuers() -> list[FastIssuer]:
+    return [firebase_issuer("demo-relay", {"k": KEY}, ("clientId",))]
+
+
+def config(name: str, text: str) -> extension_pb2.TypedExtensionConfig:
+    resource = extension_pb2.TypedExtensionConfig(name=name)
+    resource.typed_config.type_url = "type.googleapis.com/x"
+    resource.typed_config.value = text.encode()
+    return resource
+
+
+def request(names: list[str], nonce: str = "", version: str = "",
+            error: bool = False) -> discovery_pb2.DiscoveryRequest:
+    req = discovery_pb2.DiscoveryRequest(type_url=EXTENSION_CONFIG_TYPE, resource_names=names,
+                                         response_nonce=nonce, version_info=version)
+    if error:
+        req.error_detail.CopyFrom(status_pb2.Status(code=3, message="bad"))
+    return req
+
+
+class Envoy:
+    """One ADS stream: requests go in through a queue, responses are collected."""
+
+    def __init__(self, ads: AdsServer) -> None:
+        self.requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
+        self.task = asyncio.ensure_future(self._run(ads))
+
+    async def _incoming(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+        while (item := await self.requests.get()) is not None:
+            yield item
+
+    async def _run(self, ads: AdsServer) -> None:
+        async for response in ads.StreamAggregatedResources(self._incoming(), None):
+            await self.responses.put(response)
+
+    async def next(self) -> discovery_pb2.DiscoveryResponse:
+        return await asyncio.wait_for(self.responses.get(), 2)
+
+
+def test_subscribe_ack_push_nack_and_close():
+    async def scenario() -> None:
+        ads = AdsServer()
+        ads.update({JWT_FILTER: config(JWT_FILTER, "a"), LUA_FILTER: config(LUA_FILTER, "b")})
+        envoy = Envoy(ads)
+        await envoy.requests.put(request([LUA_FILTER]))
+        first = await envoy.next()
+        assert (first.version_info, first.type_url) == ("1", EXTENSION_CONFIG_TYPE)
+        [resource] = first.resources
+        unpacked = extension_pb2.TypedExtensionConfig.FromString(resource.value)
+        assert unpacked.name == LUA_FILTER
+        # An ACK sends nothing back; the same resources again are no change at all.
+        await envoy.requests.put(request([LUA_FILTER], first.nonce, "1"))
+        assert not ads.update({JWT_FILTER: config(JWT_FILTER, "a"),
+                               LUA_FILTER: config(LUA_FILTER, "b")})
+        assert ads.update({JWT_FILTER: config(JWT_FILTER, "a"),
+                           LUA_FILTER: config(LUA_FILTER, "c")})
+        second = await envoy.next()
+        assert second.version_info == "2"
+        assert second.nonce != first.nonce
+        # A NACK is not answered with the same version again.
+        await envoy.requests.put(request([LUA_FILTER], second.nonce, "1", error=True))
+        await asyncio.sleep(0.05)
+        assert envoy.responses.empty()
+        ads.close()
+        await asyncio.wait_for(envoy.task, 2)
+
+    asyncio.run(scenario())
+
+
+class FakeTenants:
+    def __init__(self) -> None:
+        self.tenants = [FastTenant("acme", "sk-1")]
+        self.failing = False
+
+    def read_all(self) -> list[FastTenant]:
+        if self.failing:
+            raise VaultUnavailable("vault read failed: ConnectionError")
+        return list(self.tenants)
+
+
+def test_control_pushes_changes_and_keeps_the_last_tenants_when_vault_fails():
+    async def scenario() -> None:
+        ads, tenants = AdsServer(), FakeTenants()
+        control = FastPathControl(ads, tenants, issuers,  # type: ignore[arg-type]
+                                  clock_skew_s=30)
+        await control.refresh()
+        assert ads.version == 1
+        await control.refresh()
+        assert ads.version == 1  # nothing changed, nothing pushed
+        tenants.tenants = [FastTenant("acme", "sk-2")]
+        await control.refresh()
+        assert ads.version == 2
+        tenants.failing = True
+        await control.refresh()
+        assert ads.version == 2  # Vault down: the last tenant set stays
+
+    asyncio.run(scenario())
+
+
+def test_a_poke_refreshes_at_once():
+    async def scenario() -> None:
+        ads, tenants = AdsServer(), FakeTenants()
+        control = FastPathControl(ads, tenants, issuers,  # type: ignore[arg-type]
+                                  clock_skew_s=30, poll_s=3600)
+        control.start()
+        try:
+            for _ in range(100):
+                if ads.version == 1:
+                    break
+                await asyncio.sleep(0.01)
+            tenants.tenants = []
+            control.poke()
+            for _ in range(100):
+                if ads.version == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert ads.version == 2
+        finally:
+            await control.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_lease_is_renewed_with_one_push_per_period():
+    async def scenario() -> None:
+        now = [1001.0]
+        ads = AdsServer()
+        control = FastPathControl(ads, FakeTenants(), issuers,  # type: ignore[arg-type]
+                                  clock_skew_s=30, lease_s=10, renew_s=5,
+                                  clock=lambda: now[0])
+        await control.refresh()
+        assert ads.version == 1
+        now[0] = 1004.0  # same period: the lease (1015) is unchanged, nothing is pushed
+        await control.refresh()
+        assert ads.version == 1
+        now[0] = 1006.0  # next period: the lease moves to 1020, pushed
+        await control.refresh()
+        assert ads.version == 2
+
+    asyncio.run(scenario())
