@@ -344,24 +344,25 @@ def test_minted_tokens_verify_for_real_and_forgeries_do_not(
 
 
 def test_bao_dev_server_put_read_delete(vault: BaoDevServer) -> None:
-    vault.put_tenant("acme", "sk-acme-1", organization="org-acme", project="proj-acme")
+    # A tenant of its own: the session's tenants (acme...) are shared by later tests.
+    vault.put_tenant("selfcheck", "sk-selfcheck-1", organization="org-selfcheck", project="proj-selfcheck")
     client = hvac.Client(url=vault.addr, token=vault.token)
     secret = client.secrets.kv.v2.read_secret_version(
-        path="openai/clients/acme", mount_point="secret", raise_on_deleted_version=True
+        path="openai/clients/selfcheck", mount_point="secret", raise_on_deleted_version=True
     )
     assert secret["data"]["data"] == {
-        "api_key": "sk-acme-1",
-        "organization": "org-acme",
-        "project": "proj-acme",
+        "api_key": "sk-selfcheck-1",
+        "organization": "org-selfcheck",
+        "project": "proj-selfcheck",
     }
     reader = vault.create_token()
-    assert vault.read_tenant("acme")["api_key"] == "sk-acme-1"
+    assert vault.read_tenant("selfcheck")["api_key"] == "sk-selfcheck-1"
     assert (
         vault.client(reader).secrets.kv.v2.read_secret_version(
-            path="openai/clients/acme", mount_point="secret", raise_on_deleted_version=True
+            path="openai/clients/selfcheck", mount_point="secret", raise_on_deleted_version=True
         )["data"]["data"]["api_key"]
-        == "sk-acme-1"
+        == "sk-selfcheck-1"
     )
-    vault.delete_tenant("acme")
+    vault.delete_tenant("selfcheck")
     with pytest.raises(hvac.exceptions.InvalidPath):
-        vault.read_tenant("acme")
+        vault.read_tenant("selfcheck")
