@@ -345,7 +345,8 @@ def test_minted_tokens_verify_for_real_and_forgeries_do_not(
 
 def test_bao_dev_server_put_read_delete(vault: BaoDevServer) -> None:
     # A tenant of its own: the session's tenants (acme...) are shared by later tests.
-    vault.put_tenant("selfcheck", "sk-selfcheck-1", organization="org-selfcheck", project="proj-selfcheck")
+    vault.put_tenant("selfcheck", "sk-selfcheck-1", organization="org-selfcheck",
+                     project="proj-selfcheck")
     client = hvac.Client(url=vault.addr, token=vault.token)
     secret = client.secrets.kv.v2.read_secret_version(
         path="openai/clients/selfcheck", mount_point="secret", raise_on_deleted_version=True
