@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from authz.stack.cors import ALLOW_HEADERS
 from tests.browser.conftest import BROWSER_MARKS
 from tests.integration.conftest import TENANTS
+from tests.support.authz_cli import authz_json
 
 pytestmark = BROWSER_MARKS
 
@@ -139,3 +140,32 @@ def test_every_header_the_sdk_sends_is_allowed_by_the_preflight(node_modules: Pa
                                                source.read_text(), re.I)}
     assert len(sent) >= 8, sent
     assert sent <= set(ALLOW_HEADERS), sorted(sent - set(ALLOW_HEADERS))
+
+
+def test_governance_refusals_reach_a_listed_page_readable(
+        open_page, page_servers, emulator, firebase, vault, upstream):
+    """403 and 429 (with its Retry-After, exposed by CORS) are readable in the page, and
+    nothing refused reaches the upstream."""
+    vault.put_tenant("browser-limited", "sk-browser-limited-0123456789", policy={
+        "endpoints": "inference", "limits": {"user_requests_per_minute": 2}})
+    page = open_page(page_servers[0].origin)
+    email, password = "limited-user@example.com", "correct-horse-battery"
+    user = page.call("signUp", email, password)
+    authz_json("users", "assign", user["uid"], "browser-limited", env={
+        "FIREBASE_AUTH_EMULATOR_HOST": emulator.host,
+        "AUTHZ_FIREBASE_PROJECT_ID": firebase.project_id})
+    token = page.call("signIn", email, password)
+
+    refused = page.call("fetchJson", "/api/openai/v1/files", token)
+    assert (refused["status"], refused["body"]) == (403, {"error": "Endpoint not allowed"})
+    assert upstream.requests == []
+    # The refusal spent nothing: two requests fit the minute, the third is refused.
+    statuses = [page.call("fetchJson", "/api/openai/v1/models", token)["status"]
+                for _ in range(2)]
+    assert statuses == [200, 200]
+    limited = page.call("fetchJson", "/api/openai/v1/models", token)
+    assert (limited["status"], limited["body"]) == (
+        429, {"error": "Rate limit exceeded", "details": "user_requests_per_minute"})
+    assert limited["retryAfter"] is not None
+    assert 1 <= int(limited["retryAfter"]) <= 60
+    assert len(upstream.requests) == 2
