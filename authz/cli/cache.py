@@ -16,7 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from authz.cli.common import UsageError, default_admin_addr
+from authz.cli.common import UsageError, default_admin_addr, fail
 from authz.edge.admin_http import ADMIN_HEADER
 from authz.tenants.client_id import validate_client_id
 
@@ -41,15 +41,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             query = "?" + urllib.parse.urlencode({"client_id": validate_client_id(args.client_id)})
         except ValueError as exc:
-            print(f"authz cache: {exc}", file=sys.stderr)
-            return 2
+            return fail("authz cache", str(exc), 2)
     targets: list[str] = list(args.admin or [])
     if not targets:
         try:
             targets = [default_admin_addr("authz cache")]
         except UsageError as exc:
-            print(exc, file=sys.stderr)
-            return 2
+            return fail("authz cache", str(exc).removeprefix("authz cache: "), 2)
     failed = 0
     results = []
     for target in targets:

@@ -3,6 +3,7 @@ and `up` use) and the Vault stores built from them."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 from authz.errors import ConfigError
@@ -50,5 +51,22 @@ def client_key_store(settings: Settings) -> VaultClientKeyStore:
     )
 
 
-def print_error(prog: str, message: str) -> None:
-    print(f"{prog}: {message}", file=sys.stderr)
+# Set once by main() from the command's --json flag: a script that asked for JSON gets
+# its errors as JSON too, one object on stderr, instead of a line it cannot parse.
+_json_errors = False
+
+
+def use_json_errors(enabled: bool) -> None:
+    global _json_errors
+    _json_errors = enabled
+
+
+def fail(prog: str, message: str, code: int) -> int:
+    """Print an operator command's error (text, or JSON under --json) and return `code`,
+    the exit status."""
+    if _json_errors:
+        print(json.dumps({"error": message, "command": prog, "exit_code": code}),
+              file=sys.stderr)
+    else:
+        print(f"{prog}: {message}", file=sys.stderr)
+    return code

@@ -21,6 +21,7 @@ from typing import Any
 from authz.cli.common import (
     UsageError,
     client_key_store,
+    fail,
     operator_settings,
     require_vault,
     tenant_store,
@@ -59,8 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"authz keys: {message}", file=sys.stderr)
-    return code
+    return fail("authz keys", message, code)
 
 
 def parse_lifetime(raw: str) -> float:

@@ -12,6 +12,7 @@ from authz.cli import keys as keys_cli
 from authz.cli import tenant as tenant_cli
 from authz.cli import usage as usage_cli
 from authz.cli import users as users_cli
+from authz.cli.common import use_json_errors
 from authz.errors import ConfigError
 from authz.settings import Settings, parse_addr
 
@@ -131,4 +132,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_json_errors(bool(getattr(args, "json", False)))
     return int(args.handler(args))

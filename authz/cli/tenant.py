@@ -25,6 +25,7 @@ from typing import Any
 from authz.cli.common import (
     UsageError,
     client_key_store,
+    fail,
     operator_settings,
     require_vault,
     tenant_store,
@@ -93,8 +94,7 @@ def _settings() -> Settings:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"authz tenant: {message}", file=sys.stderr)
-    return code
+    return fail("authz tenant", message, code)
 
 
 def _read_key(args: argparse.Namespace, settings: Settings) -> str:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
-from authz.cli.common import UsageError, default_admin_addr
+from authz.cli.common import UsageError, default_admin_addr, fail
 from authz.tenants.client_id import validate_client_id
 
 EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE = 0, 2, 3
@@ -60,21 +59,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         client_id = validate_client_id(args.client_id)
     except ValueError as exc:
-        print(f"authz usage: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail("authz usage", str(exc), EXIT_USAGE)
     try:
         admin = args.admin or default_admin_addr("authz usage")
     except UsageError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
+        return fail("authz usage", str(exc).removeprefix("authz usage: "), EXIT_USAGE)
     try:
         report = fetch(admin, client_id, args.user)
     except urllib.error.HTTPError as exc:
-        print(f"authz usage: {admin} answered {exc.code}", file=sys.stderr)
-        return EXIT_USAGE if exc.code == 400 else EXIT_UNREACHABLE
+        return fail("authz usage", f"{admin} answered {exc.code}",
+                    EXIT_USAGE if exc.code == 400 else EXIT_UNREACHABLE)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"authz usage: cannot read usage from {admin}: "
-              f"{getattr(exc, 'reason', exc)}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return fail("authz usage", f"cannot read usage from {admin}: "
+                    f"{getattr(exc, 'reason', exc)}", EXIT_UNREACHABLE)
     print(json.dumps(report) if args.json else render(report))
     return EXIT_OK

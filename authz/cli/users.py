@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from authz.cli.common import UsageError, operator_settings
+from authz.cli.common import UsageError, fail, operator_settings
 from authz.tenants.client_id import validate_client_id
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_FIREBASE = 0, 1, 2, 4
@@ -42,8 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"authz users: {message}", file=sys.stderr)
-    return code
+    return fail("authz users", message, code)
 
 
 def _auth_client(project: str, tenant: str | None) -> Any:
