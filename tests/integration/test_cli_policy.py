@@ -12,7 +12,7 @@ from tests.support.authz_cli import authz
 
 pytestmark = pytest.mark.integration
 
-KEY = "sk-policy-cli-key-0123456789abcdefgh"
+KEY = "sk-policy-cli-0123456789abcd"
 INFERENCE = {"endpoints": "inference", "models": ["gpt-4o-mini"],
              "limits": {"user_requests_per_minute": 60}}
 
