@@ -33,8 +33,9 @@ def prepare(env: MutableMapping[str, str]) -> str | None:
 
 
 def create(settings: Settings, vault_addr: str, vault_token: str, relay_url: str,
-           api_key: str) -> str:
-    """Store the demo tenant, issue its client key; the lines to print."""
+           api_key: str, *, authz: str = "authz") -> str:
+    """Store the demo tenant, issue its client key; the lines to print (`authz`: the
+    command as the user's shell runs it, so the printed revoke line works as pasted)."""
     VaultTenantStore(vault_addr, vault_token, mount=settings.vault_mount,
                      path_template=settings.vault_path).write(DEMO_TENANT, TenantKey(api_key))
     issued = VaultClientKeyStore(
@@ -48,7 +49,8 @@ def create(settings: Settings, vault_addr: str, vault_token: str, relay_url: str
         "",
         f"Demo: tenant {DEMO_TENANT!r} holds your OPENAI_API_KEY ({mask(api_key)}); its client "
         f"key {issued.key_id} is shown this once",
-        f"(revoke it: authz keys revoke {DEMO_TENANT} {issued.key_id}).",
+        f"(revoke it, with the VAULT_ADDR and VAULT_TOKEN above: "
+        f"{authz} keys revoke {DEMO_TENANT} {issued.key_id}).",
         "",
         "curl:",
         f"  curl {base}/chat/completions \\",

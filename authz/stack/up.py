@@ -407,7 +407,8 @@ def run_up(listen: str, settings_overrides: dict[str, object], *, demo: bool = F
             try:
                 demo_lines = demo_setup.create(
                     settings, stack.vault_addr, stack.vault_token or settings.vault_token,
-                    f"http://{format_addr(listen_addr)}", settings.openai_api_key)
+                    f"http://{format_addr(listen_addr)}", settings.openai_api_key,
+                    authz=authz_command())
             except VaultUnavailable as exc:
                 raise StackError(f"--demo: Vault at {stack.vault_addr} failed: "
                                  f"{exc.log_detail}") from None
