@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from authz.errors import InternalError
 from authz.governance.model import Limits
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -242,3 +243,16 @@ class EffectivePolicy:
 
     def allows_model(self, model: str) -> bool:
         return all(p.allows_model(model) for p in self.policies)
+
+
+def parse_stored_policy(value: Any, owner: str) -> Policy | None:
+    """A policy as Vault stores it beside a key (`owner`: "tenant" or "client key"):
+    None when there is none; an invalid one fails closed as InternalError "<owner> policy
+    invalid" (the log names the field; the record's other values are never quoted)."""
+    if value is None or value == "":
+        return None
+    try:
+        return parse_policy(value)
+    except PolicyError as exc:
+        raise InternalError(f"{owner} policy invalid: {exc}",
+                            detail=f"{owner} policy invalid") from None

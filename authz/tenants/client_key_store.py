@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from authz.credentials.client_keys import ClientKeyRecord, hint, key_hash, new_client_key
-from authz.errors import ConfigError, InternalError, VaultUnavailable
-from authz.governance.policy import Policy, PolicyError, parse_policy, policy_to_json
+from authz.errors import ConfigError, VaultUnavailable
+from authz.governance.policy import Policy, parse_stored_policy, policy_to_json
 from authz.tenants.client_id import is_valid_client_id, validate_client_id
 from authz.tenants.vault import KvStore
 from authz.tenants.vault_login import TokenProvider
@@ -135,7 +135,7 @@ class ClientKeyReader:
         return ClientKeyRecord(client_id=client_id, key_id=key_id,
                                expires_at=_number(data.get("expires_at")),
                                revoked=data.get("revoked") is not False,
-                               policy=_key_policy(data.get("policy")))
+                               policy=parse_stored_policy(data.get("policy"), "client key"))
 
 
 class VaultClientKeyStore:
@@ -272,17 +272,6 @@ class VaultClientKeyStore:
         names = {name.rstrip("/") for name in self._list(parent)}
         return sorted(name for name in names if is_valid_client_id(name)
                       and self._read(self.tenant_path(name)) is not None)
-
-
-def _key_policy(value: Any) -> Policy | None:
-    """A client key's own policy from its index entry; an invalid one fails closed."""
-    if value is None or value == "":
-        return None
-    try:
-        return parse_policy(value)
-    except PolicyError as exc:
-        raise InternalError(f"client key policy invalid: {exc}",
-                            detail="client key policy invalid") from None
 
 
 def _decode_pepper(value: Any) -> bytes | None:

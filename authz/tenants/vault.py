@@ -20,8 +20,8 @@ import hvac
 import hvac.exceptions
 import requests
 
-from authz.errors import InternalError, TenantRecordInvalid, VaultForbidden, VaultUnavailable
-from authz.governance.policy import Policy, PolicyError, parse_policy, policy_to_json
+from authz.errors import TenantRecordInvalid, VaultForbidden, VaultUnavailable
+from authz.governance.policy import Policy, parse_stored_policy, policy_to_json
 from authz.tenants.client_id import validate_client_id
 from authz.tenants.vault_login import StaticToken, TokenProvider
 
@@ -57,17 +57,9 @@ class TenantKey:
 
 
 def read_policy(data: dict[str, Any]) -> Policy | None:
-    """The record's `policy` (a JSON object or a string holding one). An invalid one
-    fails closed: InternalError "tenant policy invalid" (the log names the field; the
-    policy holds no secret, the rest of the record is never quoted)."""
-    raw = data.get("policy")
-    if raw is None or raw == "":
-        return None
-    try:
-        return parse_policy(raw)
-    except PolicyError as exc:
-        raise InternalError(f"tenant policy invalid: {exc}",
-                            detail="tenant policy invalid") from None
+    """The tenant record's `policy` (a JSON object or a string holding one); an invalid
+    one fails closed: InternalError "tenant policy invalid"."""
+    return parse_stored_policy(data.get("policy"), "tenant")
 
 
 def mask(secret: str) -> str:
