@@ -8,6 +8,7 @@ Exits non-zero if either run failed.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -36,13 +37,16 @@ def main() -> int:
         old.unlink()
     pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
     long_log = (results / "long-stream.log").open("w")
+    # Disjoint port ranges: the two runs start servers at the same time.
     long_run = subprocess.Popen(
         [*pytest, LONG, "-q", f"--junitxml={results / 'long.xml'}"],
         cwd=REPO, stdout=long_log, stderr=subprocess.STDOUT,
+        env={**os.environ, "RELAY_TEST_PORTS": "30000-32000"},
     )
     try:
         main_rc = subprocess.call(
-            [*pytest, "--ignore", LONG, f"--junitxml={results / 'main.xml'}"], cwd=REPO)
+            [*pytest, "--ignore", LONG, f"--junitxml={results / 'main.xml'}"], cwd=REPO,
+            env={**os.environ, "RELAY_TEST_PORTS": "15000-29999"})
         long_rc = long_run.wait()
     finally:
         if long_run.poll() is None:

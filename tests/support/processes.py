@@ -54,21 +54,40 @@ def _ephemeral_low() -> int:
         return _EPHEMERAL_LOW
 
 
+_given: set[int] = set()  # ports this process has handed out: never hand one out twice
+
+
+def _pick_range() -> tuple[int, int]:
+    """The ports this test process may pick from. `RELAY_TEST_PORTS=LOW-HIGH` gives
+    pytest processes run side by side (scripts/run_tests.py) ranges that do not overlap,
+    so two of them cannot choose the same port in the same moment."""
+    given = os.environ.get("RELAY_TEST_PORTS", "")
+    if match := re.fullmatch(r"(\d+)-(\d+)", given):
+        return int(match[1]), int(match[2])
+    return _PICK_LOW, _ephemeral_low() - 1
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago, outside the ephemeral range (bound once
-    to check, then closed)."""
-    high = _ephemeral_low() - 1
+    to check, then closed), and not one this process has handed out before: a stack
+    asks for several ports before it binds any, so a port that is merely free could
+    come back twice and fail the second bind."""
+    low, high = _pick_range()
     for _ in range(200):
-        port = random.randint(_PICK_LOW, high)
+        port = random.randint(low, high)
+        if port in _given:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
-            return port
+        _given.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # crowded: any port
         s.bind((host, 0))
         chosen: int = s.getsockname()[1]
+        _given.add(chosen)
         return chosen
 
 
