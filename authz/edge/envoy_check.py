@@ -7,7 +7,9 @@ parse with protobuf's upb runtime. Responses are cached as bytes: the same decis
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import struct
 from collections.abc import Mapping
 
 from envoy.config.core.v3 import base_pb2
@@ -72,12 +74,51 @@ def _allow_bytes(decision: Allow) -> bytes:
     fields[META_CLIENT_ID].string_value = decision.client_id
     fields[META_TOKEN_TYPE].string_value = decision.token_type
     fields[META_USER].string_value = decision.user
-    if decision.lease:
-        fields[META_LEASE].string_value = decision.lease
-        fields[META_RESERVED].number_value = decision.reserved_tokens
     if decision.inject_usage:
         fields[META_INJECT_USAGE].string_value = "1"
     return bytes(response.SerializeToString())
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL = [bytes([n]) for n in range(0x80)]
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+_CHECK_RESPONSE_DYNAMIC_METADATA = 4  # CheckResponse.dynamic_metadata (Struct)
+_STRUCT_FIELDS = 1  # Struct.fields, a map: entries of key = 1, value = 2
+_VALUE_NUMBER, _VALUE_STRING = 2, 3  # google.protobuf.Value.kind
+_LEASE_KEY = _length_delimited(1, META_LEASE.encode())
+# The reservation's map entry up to its 8-byte double (a fixed length).
+_RESERVED_ENTRY_HEAD = _length_delimited(
+    _STRUCT_FIELDS, _length_delimited(1, META_RESERVED.encode())
+    + _length_delimited(2, bytes([_VALUE_NUMBER << 3 | 1]) + bytes(8)))[:-8]
+
+
+def _lease_bytes(lease: str, reserved_tokens: int) -> bytes:
+    """CheckResponse bytes holding only the lease and reservation metadata.
+
+    A parser merges a message field that appears twice, and a map merges by key, so
+    these bytes appended to the encoding of the same decision without its lease equal
+    the encoding of the whole: the part shared by every request of a user is cached,
+    and only this is built per request (by hand: a protobuf message costs ~3 µs here).
+    """
+    lease_value = _length_delimited(_VALUE_STRING, lease.encode())
+    return _length_delimited(_CHECK_RESPONSE_DYNAMIC_METADATA, _length_delimited(
+        _STRUCT_FIELDS, _LEASE_KEY + _length_delimited(2, lease_value))
+        + _RESERVED_ENTRY_HEAD + struct.pack("<d", reserved_tokens))
 
 
 def _deny_bytes(decision: Deny) -> bytes:
@@ -105,20 +146,26 @@ class ResponseEncoder:
     def __init__(self, max_entries: int = _MAX_CACHED) -> None:
         self._max_entries = max_entries
         self._allow: dict[Allow, bytes] = {}
+        # Leased decisions, by everything but the lease: their shared encoding.
+        self._leased: dict[tuple[object, ...], bytes] = {}
         self._deny: dict[tuple[type, int, str, int], bytes] = {}
 
     def encode(self, decision: Decision) -> bytes:
         if isinstance(decision, Allow):
             if decision.lease:
-                # A lease is unique to one request: caching it would only evict others.
-                return _allow_bytes(decision)
-            cached = self._allow.get(decision)
-            if cached is None:
-                cached = _allow_bytes(decision)
-                if len(self._allow) >= self._max_entries:
-                    self._allow.pop(next(iter(self._allow)))
-                self._allow[decision] = cached
-            return cached
+                # A lease is unique to one request: the rest of the decision is cached,
+                # and the lease appended to it.
+                key = (decision.client_id, decision.token_type, decision.set_headers,
+                       decision.remove_headers, decision.user, decision.inject_usage)
+                shared = self._leased.get(key)
+                if shared is None:
+                    shared = _allow_bytes(dataclasses.replace(decision, lease="",
+                                                              reserved_tokens=0))
+                    if len(self._leased) >= self._max_entries:
+                        self._leased.pop(next(iter(self._leased)))
+                    self._leased[key] = shared
+                return shared + _lease_bytes(decision.lease, decision.reserved_tokens)
+            return self._allow_cached(decision)
         error = decision.error
         key = (type(error), error.status, error.detail,
                error.retry_after_s if isinstance(error, LimitReached) else 0)
@@ -127,4 +174,13 @@ class ResponseEncoder:
             cached = _deny_bytes(decision)
             if len(self._deny) < 256:
                 self._deny[key] = cached
+        return cached
+
+    def _allow_cached(self, decision: Allow) -> bytes:
+        cached = self._allow.get(decision)
+        if cached is None:
+            cached = _allow_bytes(decision)
+            if len(self._allow) >= self._max_entries:
+                self._allow.pop(next(iter(self._allow)))
+            self._allow[decision] = cached
         return cached

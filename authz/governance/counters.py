@@ -17,7 +17,6 @@ loop thread, so LocalStore needs no lock.
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,9 @@ CHECK_ORDER = ("user_requests_per_minute", "tenant_requests_per_minute",
                "user_concurrent_requests", "user_tokens_per_day", "tenant_tokens_per_day")
 
 
-@dataclass(frozen=True)
+# Built once or twice per request: plain slotted classes (a frozen dataclass sets every
+# field through object.__setattr__, several times slower).
+@dataclass(slots=True)
 class AdmitRequest:
     client_id: str
     user: str
@@ -44,14 +45,14 @@ class AdmitRequest:
     lease_expiry_ms: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Refusal:
     limit: str
     #: For a rate window: ms until its oldest counted request leaves the window.
     retry_ms: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Settlement:
     client_id: str
     user: str
@@ -107,7 +108,7 @@ def lease_member(lease: str, reserved: int, user: str) -> str:
     return f"{lease}|{reserved}|{user}"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Lease:
     client_id: str
     user: str
@@ -121,8 +122,11 @@ class LocalStore:
 
     def __init__(self) -> None:
         self._windows: dict[tuple[str, str | None], deque[int]] = {}
+        # Live leases in admission order. Every lease gets the same TTL, so this is also
+        # expiry order: the expired ones are at the front, and a settled one is simply
+        # deleted (nothing of it stays behind until its expiry).
         self._leases: dict[str, _Lease] = {}
-        self._expiries: list[tuple[int, str]] = []  # heap of (expiry_ms, lease)
+        self._next_sweep_ms = 0
         self._in_flight: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str | None], int] = {}
         self._usage: dict[tuple[str, str], TenantUsage] = {}
@@ -133,23 +137,47 @@ class LocalStore:
         return self.admit_now(request)
 
     def admit_now(self, request: AdmitRequest) -> Refusal | None:
-        self._expire(request.now_ms)
+        now_ms = request.now_ms
+        if now_ms >= self._next_sweep_ms:
+            self._expire(now_ms)
         limits, c, u = request.limits, request.client_id, request.user
-        windows = []
-        for name, key, limit in (("user_requests_per_minute", (c, u),
-                                  limits.user_requests_per_minute),
-                                 ("tenant_requests_per_minute", (c, None),
-                                  limits.tenant_requests_per_minute)):
-            if limit is None:
-                continue
-            window = self._window(key, request.now_ms)
-            if len(window) >= limit:
-                retry = window[0] + WINDOW_MS - request.now_ms if window else WINDOW_MS
-                return Refusal(name, retry)
-            windows.append(window)
-        if (limits.user_concurrent_requests is not None
-                and self._in_flight.get((c, u), 0) >= limits.user_concurrent_requests):
+        user_key = (c, u)
+        # Written out rather than looped over: this runs on every governed check.
+        user_window = tenant_window = None
+        if (limit := limits.user_requests_per_minute) is not None:
+            user_window = self._window(user_key, now_ms)
+            if len(user_window) >= limit:
+                return Refusal("user_requests_per_minute", self._retry_ms(user_window, now_ms))
+        if (limit := limits.tenant_requests_per_minute) is not None:
+            tenant_window = self._window((c, None), now_ms)
+            if len(tenant_window) >= limit:
+                return Refusal("tenant_requests_per_minute",
+                               self._retry_ms(tenant_window, now_ms))
+        if ((limit := limits.user_concurrent_requests) is not None
+                and self._in_flight.get(user_key, 0) >= limit):
             return Refusal("user_concurrent_requests", 0)
+        if limits.user_tokens_per_day is not None or limits.tenant_tokens_per_day is not None:
+            refusal = self._over_budget(request)
+            if refusal is not None:
+                return refusal
+        # Every limit passed: only now is anything counted.
+        if user_window is not None:
+            user_window.append(now_ms)
+        if tenant_window is not None:
+            tenant_window.append(now_ms)
+        self._leases[request.lease] = _Lease(c, u, request.reserve, request.lease_expiry_ms)
+        self._in_flight[user_key] = self._in_flight.get(user_key, 0) + 1
+        if request.reserve:
+            self._reserve(user_key, request.reserve)
+            self._reserve((c, None), request.reserve)
+        return None
+
+    @staticmethod
+    def _retry_ms(window: deque[int], now_ms: int) -> int:
+        return window[0] + WINDOW_MS - now_ms if window else WINDOW_MS
+
+    def _over_budget(self, request: AdmitRequest) -> Refusal | None:
+        limits, c, u = request.limits, request.client_id, request.user
         usage = self._usage.get((request.day, c))
         if limits.user_tokens_per_day is not None:
             used = usage.users[u].total_tokens if usage and u in usage.users else 0
@@ -159,14 +187,6 @@ class LocalStore:
             used = usage.total_tokens if usage else 0
             if used + self._reserved.get((c, None), 0) >= limits.tenant_tokens_per_day:
                 return Refusal("tenant_tokens_per_day", 0)
-        # Every limit passed: only now is anything counted.
-        for window in windows:
-            window.append(request.now_ms)
-        self._leases[request.lease] = _Lease(c, u, request.reserve, request.lease_expiry_ms)
-        heapq.heappush(self._expiries, (request.lease_expiry_ms, request.lease))
-        self._in_flight[(c, u)] = self._in_flight.get((c, u), 0) + 1
-        self._reserve((c, u), request.reserve)
-        self._reserve((c, None), request.reserve)
         return None
 
     def _window(self, key: tuple[str, str | None], now_ms: int) -> deque[int]:
@@ -194,15 +214,23 @@ class LocalStore:
             self._in_flight[key] = left
         else:
             self._in_flight.pop(key, None)
-        self._reserve(key, -held.reserved)
-        self._reserve((held.client_id, None), -held.reserved)
+        if held.reserved:
+            self._reserve(key, -held.reserved)
+            self._reserve((held.client_id, None), -held.reserved)
 
     def _expire(self, now_ms: int) -> None:
-        while self._expiries and self._expiries[0][0] <= now_ms:
-            _, lease = heapq.heappop(self._expiries)
-            held = self._leases.get(lease)
-            if held is not None and held.expiry_ms <= now_ms:
-                self._release(lease)
+        """Release leases past their expiry and forget emptied windows, at most once a
+        second (a lease's TTL is an hour: a second late is nothing)."""
+        self._next_sweep_ms = now_ms + 1000
+        # A clock stepped back may leave a younger lease with an earlier expiry behind an
+        # older one: it is released when the older one is, late by the step at most.
+        expired = []
+        for lease, held in self._leases.items():
+            if held.expiry_ms > now_ms:
+                break
+            expired.append(lease)
+        for lease in expired:
+            self._release(lease)
         if len(self._windows) > 10_000:  # forget users whose windows emptied
             for key in [k for k, w in self._windows.items()
                         if not w or w[-1] <= now_ms - WINDOW_MS]:
@@ -240,3 +268,7 @@ class LocalStore:
 
     def in_flight(self, client_id: str, user: str) -> int:
         return self._in_flight.get((client_id, user), 0)
+
+    def leases_held(self) -> int:
+        """Leases admitted and neither settled nor expired."""
+        return len(self._leases)

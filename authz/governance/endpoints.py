@@ -30,9 +30,30 @@ def _decode_unreserved(match: re.Match[str]) -> str:
     return char if char in _UNRESERVED else match.group(0)
 
 
+# Recent answers of openai_path: a few paths make most traffic. Cleared when full (paths
+# that carry ids, /v1/responses/resp_..., would otherwise fill it); long paths are not
+# kept, so it holds at most about a megabyte.
+_RECENT: dict[str, str | None] = {}
+_RECENT_MAX = 4096
+_RECENT_PATH_MAX = 256
+
+
 def openai_path(raw_path: str) -> str | None:
     """The OpenAI path a relay path is forwarded to (`/v1/...`, no query), or None when
     it is not under /api/openai/ or still looks odd after decoding."""
+    try:
+        return _RECENT[raw_path]
+    except KeyError:
+        pass
+    path = _openai_path(raw_path)
+    if len(raw_path) <= _RECENT_PATH_MAX:
+        if len(_RECENT) >= _RECENT_MAX:
+            _RECENT.clear()
+        _RECENT[raw_path] = path
+    return path
+
+
+def _openai_path(raw_path: str) -> str | None:
     path = raw_path.split("?", 1)[0].split("#", 1)[0]
     if path in (PREFIX, PREFIX + "/"):
         return EMPTY_PATH

@@ -26,6 +26,10 @@ def estimate_tokens(path: str | None, body: Body) -> int:
     if path in _NO_OUTPUT:
         return input_tokens
     output = DEFAULT_OUTPUT_TOKENS
+    if b"max_" not in raw and b"\\u" not in raw:
+        # No cap can be named without these bytes (only \u escapes spell keys otherwise):
+        # the default, without parsing the body.
+        return input_tokens + output
     document = None if body.partial else body.json_or_none()
     if isinstance(document, dict):
         for name in _OUTPUT_FIELDS:

@@ -105,6 +105,20 @@ class Policy:
     #: Allowed model names (a trailing * is a prefix); None: any model.
     models: tuple[str, ...] | None = None
     limits: Limits = field(default_factory=Limits)
+    # The rules, indexed once (every governed check asks): exact (method, path) pairs,
+    # method "*" included, in a set; prefix rules in a tuple.
+    _exact: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
+    _prefixes: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rules: tuple[Rule, ...] = ()
+        if self.endpoints == "inference":
+            rules = INFERENCE_RULES
+        elif not isinstance(self.endpoints, str):
+            rules = self.endpoints
+        object.__setattr__(self, "_exact", frozenset(
+            (rule.method, rule.path) for rule in rules if not rule.prefix))
+        object.__setattr__(self, "_prefixes", tuple(rule for rule in rules if rule.prefix))
 
     @property
     def allows_all_endpoints(self) -> bool:
@@ -116,9 +130,10 @@ class Policy:
             return True
         if path is None:
             return False
-        rules = INFERENCE_RULES if self.endpoints == "inference" else self.endpoints
-        assert not isinstance(rules, str)
-        return any(rule.matches(method, path) for rule in rules)
+        exact = self._exact
+        if (method, path) in exact or ("*", path) in exact:
+            return True
+        return any(rule.matches(method, path) for rule in self._prefixes)
 
     def allows_model(self, model: str) -> bool:
         return self.models is None or any(_model_matches(p, model) for p in self.models)

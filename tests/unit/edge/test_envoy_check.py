@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 
@@ -141,3 +142,25 @@ def test_allow_metadata_carries_user_lease_reservation_and_injection():
     # Leases are per request: never cached; plain decisions are.
     assert governed not in encoder._allow
     assert plain in encoder._allow
+
+
+@pytest.mark.parametrize(("lease", "reserved"), [
+    ("l0123abcd1", 0), ("r" + "f" * 200, 1040), ("l1", 10**13), ("lé", 7)])
+def test_a_leased_encoding_equals_the_whole_message_built_at_once(lease, reserved):
+    """The shared part is cached and the lease appended by hand: Envoy must read the
+    same message as one built field by field (a parser merges the repeated Struct)."""
+    decision = Allow("acme", "firebase", (("authorization", "Bearer sk-x"),), ("cookie",),
+                     user="u1", lease=lease, reserved_tokens=reserved)
+    encoder = ResponseEncoder()
+    for _ in range(2):  # cold, then from the cache
+        got = external_auth_pb2.CheckResponse.FromString(encoder.encode(decision))
+        want = external_auth_pb2.CheckResponse()
+        want.status.code = 0
+        header = want.ok_response.headers.add()
+        header.header.key, header.header.value = "authorization", "Bearer sk-x"
+        header.append_action = header.OVERWRITE_IF_EXISTS_OR_ADD
+        want.ok_response.headers_to_remove.append("cookie")
+        want.dynamic_metadata.update({"client_id": "acme", "token_type": "firebase",
+                                      "user": "u1", "lease": lease,
+                                      "reserved_tokens": reserved})
+        assert got == want

@@ -167,3 +167,13 @@ def test_token_estimate():
     assert estimate_tokens("/v1/embeddings", Body(body)) == (len(body) + 3) // 4
     assert estimate_tokens("/v1/chat/completions", Body(b"x" * 8, partial=True)) == \
         2 + DEFAULT_OUTPUT_TOKENS
+
+
+def test_a_cap_spelled_with_escapes_is_still_read():
+    """The estimate skips parsing a body that cannot name a cap; escapes can."""
+    body = b'{"model": "m", "\\u006dax_tokens": 9}'
+    assert estimate_tokens("/v1/chat/completions", Body(body)) == (len(body) + 3) // 4 + 9
+    body = b'{"model": "m", "messages": []}'
+    parsed = Body(body)
+    assert estimate_tokens("/v1/chat/completions", parsed) == \
+        (len(body) + 3) // 4 + DEFAULT_OUTPUT_TOKENS

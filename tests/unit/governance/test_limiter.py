@@ -156,6 +156,29 @@ def test_lost_entry_lease_expires(clock) -> None:
     run(scenario())
 
 
+def test_a_settled_lease_leaves_nothing_behind_and_expiry_keeps_admission_order(clock) -> None:
+    """Memory follows the requests in flight, not the requests of the last hour."""
+    limiter = GovernanceLimiter(clock=clock, lease_ttl_s=120)
+    limits = Limits(user_concurrent_requests=10)
+
+    async def scenario() -> None:
+        await limiter.admit("acme", "lost", limits, 0)  # its entry never comes
+        for _ in range(1000):
+            clock.now += 0.01
+            await limiter.settle(done(await limiter.admit("acme", "u1", limits, 5)))
+        assert limiter.local.leases_held() == 1
+        clock.now += 60
+        late = await limiter.admit("acme", "late", limits, 0)
+        clock.now += 60  # `lost` is past its TTL; `late` is not
+        await limiter.admit("acme", "u2", limits, 0)
+        assert limiter.local.in_flight("acme", "lost") == 0
+        assert limiter.local.in_flight("acme", "late") == 1
+        await limiter.settle(done(late, user="late"))
+        assert limiter.local.leases_held() == 1  # u2's
+
+    run(scenario())
+
+
 def test_user_budget_exhausted_by_metered_usage_and_reset_next_day(limiter, clock) -> None:
     limits = Limits(user_tokens_per_day=100)
 
