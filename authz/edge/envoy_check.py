@@ -155,15 +155,15 @@ class ResponseEncoder:
             if decision.lease:
                 # A lease is unique to one request: the rest of the decision is cached,
                 # and the lease appended to it.
-                key = (decision.client_id, decision.token_type, decision.set_headers,
-                       decision.remove_headers, decision.user, decision.inject_usage)
-                shared = self._leased.get(key)
+                shared_key = (decision.client_id, decision.token_type, decision.set_headers,
+                              decision.remove_headers, decision.user, decision.inject_usage)
+                shared = self._leased.get(shared_key)
                 if shared is None:
                     shared = _allow_bytes(dataclasses.replace(decision, lease="",
                                                               reserved_tokens=0))
                     if len(self._leased) >= self._max_entries:
                         self._leased.pop(next(iter(self._leased)))
-                    self._leased[key] = shared
+                    self._leased[shared_key] = shared
                 return shared + _lease_bytes(decision.lease, decision.reserved_tokens)
             return self._allow_cached(decision)
         error = decision.error
