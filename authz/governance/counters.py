@@ -53,6 +53,18 @@ class Refusal:
 
 
 @dataclass(slots=True)
+class Counts:
+    """What the shared store holds for one user of one tenant right after a request
+    was counted: each limit's measure (0 for a limit not set)."""
+
+    user_requests: int  # in the user's sliding minute
+    tenant_requests: int  # in the tenant's sliding minute
+    user_in_flight: int
+    user_tokens: int  # used today + reserved by requests in flight
+    tenant_tokens: int
+
+
+@dataclass(slots=True)
 class Settlement:
     client_id: str
     user: str
@@ -165,12 +177,28 @@ class LocalStore:
             user_window.append(now_ms)
         if tenant_window is not None:
             tenant_window.append(now_ms)
+        self._hold(request)
+        return None
+
+    def record_now(self, request: AdmitRequest) -> None:
+        """Count a request admitted elsewhere (a Redis admission that could not be
+        written), without checking any limit."""
+        limits, c, u = request.limits, request.client_id, request.user
+        if limits.user_requests_per_minute is not None:
+            self._window((c, u), request.now_ms).append(request.now_ms)
+        if limits.tenant_requests_per_minute is not None:
+            self._window((c, None), request.now_ms).append(request.now_ms)
+        self._hold(request)
+
+    def _hold(self, request: AdmitRequest) -> None:
+        """The lease, its concurrency slot and its reservation."""
+        c, u = request.client_id, request.user
+        user_key = (c, u)
         self._leases[request.lease] = _Lease(c, u, request.reserve, request.lease_expiry_ms)
         self._in_flight[user_key] = self._in_flight.get(user_key, 0) + 1
         if request.reserve:
             self._reserve(user_key, request.reserve)
             self._reserve((c, None), request.reserve)
-        return None
 
     @staticmethod
     def _retry_ms(window: deque[int], now_ms: int) -> int:

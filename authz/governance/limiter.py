@@ -11,7 +11,15 @@ one; otherwise 0 when the response was an error (status >= 400) or ended cleanly
 an estimate when the stream did not end cleanly (client gone, upstream reset, idle
 timeout): input = ceil(request body bytes / 4), output = SSE events seen.
 
-With a RedisStore, Redis is the shared truth while it answers. A Redis error or a slow
+With a RedisStore, Redis is the shared truth while it answers. A request whose limits
+are all far from reached does not wait for it: the limiter admits it from the counts
+Redis returned for the same user and tenant within the last second, plus what this
+replica admitted since, and counts it in Redis in the background (in order, on the same
+connection as admissions). "Far" means: this replica's admissions not yet counted in
+Redis stay within HEADROOM_SHARE of each limit, and the counts plus that share leave
+room. Near a limit (or with no recent counts, or a limit under 1/HEADROOM_SHARE) every
+request is checked and counted by one atomic script, as before. The overshoot this
+allows is bounded by the share (docs/governance.md). A Redis error or a slow
 answer (the store's short timeout) flips the limiter to its LocalStore: requests keep
 flowing on per-replica counting, one log line and `authz_redis_up 0` say so, and a
 probe every second flips it back. Settlements of Redis leases wait in a bounded queue
@@ -29,11 +37,12 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from authz.errors import RateLimitExceeded, TokenBudgetExhausted
 from authz.governance.counters import (
     AdmitRequest,
+    Counts,
     LocalStore,
     Refusal,
     Settlement,
@@ -55,6 +64,12 @@ CONCURRENCY_RETRY_S = 1
 #: locally (this replica's view) rather than kept.
 MAX_PENDING = 100_000
 BATCH = 512
+#: The share of a limit one replica may admit before Redis has counted it: 1/40 (2.5%).
+#: With R replicas a limit of N admits at most about N + (R - 1) * N/40 * 2 (each other
+#: replica's uncounted admissions, and those it made on counts up to one reply old).
+HEADROOM_SHARE = 40
+#: Counts from Redis older than this are not used to admit without asking.
+VIEW_TTL_MS = 1000
 
 Clock = Callable[[], float]
 
@@ -83,6 +98,40 @@ class _NoEvents:
 
     def store_fallback(self) -> None:
         pass
+
+
+class _View:
+    """What Redis last said of one user (or one tenant), and what this replica has
+    admitted for it since without Redis having counted it yet."""
+
+    __slots__ = ("at_ms", "counts", "requests", "tokens")
+
+    def __init__(self, counts: Counts, at_ms: int) -> None:
+        self.counts = counts
+        self.at_ms = at_ms
+        self.requests = 0
+        self.tokens = 0
+
+
+_K = TypeVar("_K")
+
+
+def _add(table: dict[_K, int], key: _K, delta: int) -> None:
+    left = table.get(key, 0) + delta
+    if left:
+        table[key] = left
+    else:
+        table.pop(key, None)
+
+
+def _room(counted: int, uncounted: int, adding: int, limit: int | None) -> bool:
+    """Whether a limit leaves room for `adding` more, far from the limit (see the module
+    doc); True when the limit is not set."""
+    if limit is None:
+        return True
+    share = limit // HEADROOM_SHARE
+    return (share > 0 and uncounted + adding <= share
+            and counted + uncounted + adding + share < limit)
 
 
 _day_cache: tuple[float, float, str] = (0.0, 0.0, "")
@@ -130,6 +179,17 @@ class GovernanceLimiter:
         self._tasks: list[asyncio.Task[None]] = []
         self._lease_prefix = os.urandom(4).hex()
         self._lease_seq = 0
+        # Admitting without waiting for Redis (see the module doc).
+        self._user_views: dict[tuple[str, str], _View] = {}
+        self._tenant_views: dict[str, _View] = {}
+        self._records: list[AdmitRequest] = []  # admitted here, to be counted in Redis
+        self._uncounted: set[str] = set()  # their leases, until Redis has counted them
+        self._held: dict[str, Settlement] = {}  # settlements of those, waiting
+        self._relocated: set[str] = set()  # leases counted locally when Redis failed
+        self._record_tasks: set[asyncio.Task[None]] = set()
+        self._unapplied_user: dict[tuple[str, str], int] = {}
+        self._unapplied_tenant: dict[str, int] = {}
+        self.admitted_without_waiting = 0
         if redis is not None:
             self.events.store_up(True)
 
@@ -141,6 +201,9 @@ class GovernanceLimiter:
                            asyncio.ensure_future(self._prober())]
 
     async def close(self) -> None:
+        for task in list(self._record_tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -174,8 +237,15 @@ class GovernanceLimiter:
                                now_ms + self.lease_ttl_ms)
         if use_redis:
             assert self.redis is not None
+            if self._far_from_limits(request):
+                self._record(request)
+                return Admission(request.lease, reserve)
             try:
-                refusal = await self.redis.admit(request)
+                answer = await self.redis.admit(request)
+                if isinstance(answer, Refusal):
+                    refusal = answer
+                else:
+                    self._update_views(request, answer, now_ms)
             except Exception as exc:  # any Redis failure: count locally
                 self._redis_down(exc)
                 use_redis = False
@@ -192,6 +262,87 @@ class GovernanceLimiter:
             raise RateLimitExceeded(refusal.limit, retry_s)
         return Admission(request.lease, reserve)
 
+    def _far_from_limits(self, r: AdmitRequest) -> bool:
+        user = self._user_views.get((r.client_id, r.user))
+        tenant = self._tenant_views.get(r.client_id)
+        if (user is None or tenant is None or r.now_ms - user.at_ms > VIEW_TTL_MS
+                or r.now_ms - tenant.at_ms > VIEW_TTL_MS):
+            return False
+        limits = r.limits
+        return (_room(user.counts.user_requests, user.requests, 1,
+                      limits.user_requests_per_minute)
+                and _room(tenant.counts.tenant_requests, tenant.requests, 1,
+                          limits.tenant_requests_per_minute)
+                and _room(user.counts.user_in_flight, user.requests, 1,
+                          limits.user_concurrent_requests)
+                and _room(user.counts.user_tokens
+                          + self._unapplied_user.get((r.client_id, r.user), 0),
+                          user.tokens, r.reserve, limits.user_tokens_per_day)
+                and _room(tenant.counts.tenant_tokens
+                          + self._unapplied_tenant.get(r.client_id, 0),
+                          tenant.tokens, r.reserve, limits.tenant_tokens_per_day))
+
+    def _record(self, r: AdmitRequest) -> None:
+        """Admitted here: count it in Redis in the background, in admission order."""
+        self.admitted_without_waiting += 1
+        for view in (self._user_views[(r.client_id, r.user)], self._tenant_views[r.client_id]):
+            view.requests += 1
+            view.tokens += r.reserve
+        self._uncounted.add(r.lease)
+        if not self._records:
+            task = asyncio.ensure_future(self._write_records())
+            self._record_tasks.add(task)
+            task.add_done_callback(self._record_tasks.discard)
+        self._records.append(r)
+
+    async def _write_records(self) -> None:
+        await asyncio.sleep(0)  # the rest of this loop turn's admissions join the batch
+        batch, self._records = self._records, []
+        if not batch:
+            return
+        assert self.redis is not None
+        try:
+            counts: list[Counts] | None = await self.redis.record_many(batch)
+        except Exception as exc:
+            self._redis_down(exc)
+            counts = None
+        now_ms = int(self.clock() * 1000)
+        for i, r in enumerate(batch):
+            for view in (self._user_views.get((r.client_id, r.user)),
+                         self._tenant_views.get(r.client_id)):
+                if view is not None:
+                    view.requests -= 1
+                    view.tokens -= r.reserve
+            self._uncounted.discard(r.lease)
+            held = self._held.pop(r.lease, None)
+            if counts is None:
+                # Not in Redis: this replica counts it, and settles it, itself.
+                self.local.record_now(r)
+                if held is not None:
+                    self._unapplied(held, -1)
+                    self.local.settle_now(held)
+                elif len(self._relocated) < MAX_PENDING:
+                    self._relocated.add(r.lease)
+                continue
+            self._update_views(r, counts[i], now_ms)
+            if held is not None:
+                self._pending.append(held)
+                self._wake.set()
+
+    def _update_views(self, r: AdmitRequest, counts: Counts, now_ms: int) -> None:
+        user = self._user_views.get((r.client_id, r.user))
+        if user is None:
+            if len(self._user_views) >= 100_000:
+                self._user_views.clear()
+            user = self._user_views[(r.client_id, r.user)] = _View(counts, now_ms)
+        tenant = self._tenant_views.get(r.client_id)
+        if tenant is None:
+            if len(self._tenant_views) >= 100_000:
+                self._tenant_views.clear()
+            tenant = self._tenant_views[r.client_id] = _View(counts, now_ms)
+        user.counts = tenant.counts = counts
+        user.at_ms = tenant.at_ms = now_ms
+
     # -- settlement ------------------------------------------------------------------
     async def settle(self, completed: CompletedRequest) -> None:
         self.settle_nowait(completed)
@@ -206,11 +357,43 @@ class GovernanceLimiter:
         if self.redis is None or done.lease.startswith("l"):
             self.local.settle_now(settlement)
             return
+        self._unapplied(settlement, +1)
+        if done.lease in self._uncounted:
+            # Admitted here and not yet counted in Redis: released once it is.
+            self._held[done.lease] = settlement
+            return
+        if done.lease in self._relocated:
+            self._relocated.discard(done.lease)
+            self._unapplied(settlement, -1)
+            self.local.settle_now(settlement)
+            return
         self._pending.append(settlement)
         if len(self._pending) > MAX_PENDING:
             # Redis has been away long: keep this replica's view rather than memory.
-            self.local.settle_now(self._pending.popleft())
+            oldest = self._pending.popleft()
+            self._unapplied(oldest, -1)
+            self.local.settle_now(oldest)
         self._wake.set()
+
+    def _unapplied(self, s: Settlement, sign: int) -> None:
+        """Track tokens settled here but not yet in Redis (usage may exceed the
+        reservation): the counts Redis returns do not hold them yet."""
+        delta = sign * (s.input_tokens + s.output_tokens - s.reserved)
+        if delta:
+            _add(self._unapplied_user, (s.client_id, s.user), delta)
+            _add(self._unapplied_tenant, s.client_id, delta)
+
+    def _applied(self, s: Settlement) -> None:
+        """Redis now holds a settlement: counts read before it do not. They take it in
+        here (counts read after it then count it twice, erring high, until the user's
+        next answer from Redis replaces them)."""
+        delta = s.input_tokens + s.output_tokens - s.reserved
+        user = self._user_views.get((s.client_id, s.user))
+        if user is not None:
+            user.counts.user_tokens += delta
+        tenant = self._tenant_views.get(s.client_id)
+        if tenant is not None:
+            tenant.counts.tenant_tokens += delta
 
     async def _flusher(self) -> None:
         while True:
@@ -228,6 +411,10 @@ class GovernanceLimiter:
         except Exception as exc:  # keep them for when Redis is back
             self._pending.extendleft(reversed(batch))
             self._redis_down(exc)
+            return
+        for settlement in batch:
+            self._unapplied(settlement, -1)
+            self._applied(settlement)
 
     # -- Redis health ----------------------------------------------------------------
     def _redis_down(self, exc: BaseException) -> None:

@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from authz.governance.counters import (
     AdmitRequest,
+    Counts,
     Refusal,
     Settlement,
     TenantUsage,
@@ -62,13 +62,18 @@ end
 
 # KEYS: 1 inflight, 2 held, 3 user window, 4 tenant window, 5 usage, 6 users usage.
 # ARGV: 1 now_ms, 2 user, 3 lease, 4 reserve, 5 lease expiry ms, then the limits
-# (-1 = none): 6 user rpm, 7 tenant rpm, 8 user concurrency, 9 user tpd, 10 tenant tpd.
-# Returns {} when admitted, {limit name, retry ms} when refused (nothing counted).
+# (-1 = none): 6 user rpm, 7 tenant rpm, 8 user concurrency, 9 user tpd, 10 tenant tpd;
+# 11 '1' to record the request without checking (the limiter admitted it already, far
+# from every limit), else '0'.
+# Returns {limit name, retry ms} when refused (nothing counted); when counted, '' and
+# the counts after it: user window, tenant window, user open requests, user tokens
+# (used + reserved), tenant tokens (used + reserved).
 _ADMIT = _EXPIRE + """
 local now = tonumber(ARGV[1])
 local user = ARGV[2]
 local urpm, trpm = tonumber(ARGV[6]), tonumber(ARGV[7])
 local uconc, utpd, ttpd = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local check = ARGV[11] ~= '1'
 local function window_full(key, limit, name)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 60000)
   if redis.call('ZCARD', key) >= limit then
@@ -79,30 +84,40 @@ local function window_full(key, limit, name)
   end
   return nil
 end
+local function user_tokens()
+  return tonumber(redis.call('HGET', KEYS[6], user .. '\\ntotal_tokens') or '0')
+    + tonumber(redis.call('HGET', KEYS[2], 'r:' .. user) or '0')
+end
+local function tenant_tokens()
+  return tonumber(redis.call('HGET', KEYS[5], 'total_tokens') or '0')
+    + tonumber(redis.call('HGET', KEYS[2], 'r') or '0')
+end
 if urpm >= 0 then
-  local refused = window_full(KEYS[3], urpm, 'user_requests_per_minute')
-  if refused then return refused end
+  if check then
+    local refused = window_full(KEYS[3], urpm, 'user_requests_per_minute')
+    if refused then return refused end
+  else
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60000)
+  end
 end
 if trpm >= 0 then
-  local refused = window_full(KEYS[4], trpm, 'tenant_requests_per_minute')
-  if refused then return refused end
+  if check then
+    local refused = window_full(KEYS[4], trpm, 'tenant_requests_per_minute')
+    if refused then return refused end
+  else
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 60000)
+  end
 end
-if uconc >= 0 then
+if check and uconc >= 0 then
   if tonumber(redis.call('HGET', KEYS[2], 'n:' .. user) or '0') >= uconc then
     return {'user_concurrent_requests', 0}
   end
 end
-if utpd >= 0 then
-  local used = tonumber(redis.call('HGET', KEYS[6], user .. '\\ntotal_tokens') or '0')
-  if used + tonumber(redis.call('HGET', KEYS[2], 'r:' .. user) or '0') >= utpd then
-    return {'user_tokens_per_day', 0}
-  end
+if check and utpd >= 0 and user_tokens() >= utpd then
+  return {'user_tokens_per_day', 0}
 end
-if ttpd >= 0 then
-  local used = tonumber(redis.call('HGET', KEYS[5], 'total_tokens') or '0')
-  if used + tonumber(redis.call('HGET', KEYS[2], 'r') or '0') >= ttpd then
-    return {'tenant_tokens_per_day', 0}
-  end
+if check and ttpd >= 0 and tenant_tokens() >= ttpd then
+  return {'tenant_tokens_per_day', 0}
 end
 local lease = ARGV[3]
 if urpm >= 0 then
@@ -124,7 +139,11 @@ end
 local keep = expiry - now + 60000
 redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PEXPIRE', KEYS[2], keep)
-return {}
+-- Every measure, whether this request's limits name it or not (a window this request
+-- did not trim may still hold entries older than a minute: the count errs high).
+return {'', redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[4]),
+        tonumber(redis.call('HGET', KEYS[2], 'n:' .. user) or '0'),
+        user_tokens(), tenant_tokens()}
 """
 
 # KEYS: 1 inflight, 2 held, 3 usage, 4 users usage. ARGV: 1 now_ms, 2 lease member
@@ -163,6 +182,17 @@ def _limit(value: int | None) -> int:
     return -1 if value is None else value
 
 
+def _admit_result(result: Any) -> Refusal | Counts:
+    name = _text(result[0])
+    if name:
+        return Refusal(name, int(result[1]))
+    return Counts(*(int(value) for value in result[1:6]))
+
+
+def _no_script(result: Any) -> bool:
+    return isinstance(result, RespError) and str(result).startswith("NOSCRIPT")
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -183,12 +213,15 @@ class RedisStore:
         self.timeout_s = timeout_s
         self._shas = {script: hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
                       for script in (_ADMIT, _SETTLE)}
-        # The check path's own connection (see resp.py for why not redis-py there).
+        # The check path's own connection (see resp.py for why not redis-py there), and
+        # one for settlement batches, so a batch never queues ahead of an admission.
         self.fast = RespConnection(url, timeout_s=timeout_s)
+        self.settler = RespConnection(url, timeout_s=timeout_s * 4)
 
-    async def admit(self, r: AdmitRequest) -> Refusal | None:
-        """One EVALSHA on the check path's own pipelining connection (resp.py)."""
-        command = self._admit_command(r)
+    async def admit(self, r: AdmitRequest) -> Refusal | Counts:
+        """Check and count one request: one EVALSHA on the check path's own pipelining
+        connection (resp.py). The counts after it, or the refusal."""
+        command = self._admit_command(r, record=False)
         try:
             result = await self.fast.call("EVALSHA", self._shas[_ADMIT], *command)
         except RespError as exc:
@@ -198,11 +231,30 @@ class RedisStore:
             # call did nothing).
             await self.fast.call("SCRIPT", "LOAD", _ADMIT)
             result = await self.fast.call("EVALSHA", self._shas[_ADMIT], *command)
-        if not result:
-            return None
-        return Refusal(_text(result[0]), int(result[1]))
+        return _admit_result(result)
 
-    def _admit_command(self, r: AdmitRequest) -> tuple[Any, ...]:
+    async def record_many(self, requests: Sequence[AdmitRequest]) -> list[Counts]:
+        """Count requests the limiter already admitted (far from every limit), in one
+        write on the same connection as admissions, so that they stay in order: the
+        counts after each. Raises when any could not be counted."""
+        sha = self._shas[_ADMIT]
+        commands = [("EVALSHA", sha, *self._admit_command(r, record=True)) for r in requests]
+        results = await self.fast.call_many(commands)
+        if any(_no_script(r) for r in results):
+            await self.fast.call("SCRIPT", "LOAD", _ADMIT)
+            results = [await self.fast.call(*c) if _no_script(r) else r
+                       for c, r in zip(commands, results, strict=True)]
+        counts = []
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+            counted = _admit_result(result)
+            if not isinstance(counted, Counts):  # the script never refuses a record
+                raise ConnectionError("redis refused to record an admitted request")
+            counts.append(counted)
+        return counts
+
+    def _admit_command(self, r: AdmitRequest, *, record: bool) -> tuple[Any, ...]:
         inflight, held = _keys(r.client_id)
         usage, users = _usage_keys(r.client_id, r.day)
         tag = "{" + r.client_id + "}"
@@ -212,28 +264,24 @@ class RedisStore:
                 _limit(limits.user_requests_per_minute),
                 _limit(limits.tenant_requests_per_minute),
                 _limit(limits.user_concurrent_requests),
-                _limit(limits.user_tokens_per_day), _limit(limits.tenant_tokens_per_day))
+                _limit(limits.user_tokens_per_day), _limit(limits.tenant_tokens_per_day),
+                1 if record else 0)
 
     async def _evalsha(self, script: str, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """EVALSHA each command in one pipeline; on NOSCRIPT (a restarted Redis) load the
-        script and run the batch again (the scripts refused did nothing)."""
+        """EVALSHA each command in one write; on NOSCRIPT (a restarted Redis) load the
+        script and run the refused ones again (a refused call did nothing)."""
         sha = self._shas[script]
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command("EVALSHA", sha, *command)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
-                await self.client.script_load(script)
-                if all(isinstance(r, NoScriptError) for r in results):
-                    continue
-                # Some ran (the script was loaded meanwhile): rerun only the others.
-                again = [c for c, r in zip(commands, results, strict=True)
-                         if isinstance(r, NoScriptError)]
-                rerun = iter(await self._evalsha(script, again))
-                return [next(rerun) if isinstance(r, NoScriptError) else r for r in results]
-            return results
-        raise ConnectionError("redis refused the script twice")  # pragma: no cover
+        results = await self.settler.call_many([("EVALSHA", sha, *c) for c in commands])
+        refused = [i for i, r in enumerate(results) if _no_script(r)]
+        if refused:
+            await self.settler.call("SCRIPT", "LOAD", script)
+            again = await self.settler.call_many(
+                [("EVALSHA", sha, *commands[i]) for i in refused])
+            if any(_no_script(r) for r in again):
+                raise ConnectionError("redis refused the script twice")
+            for i, result in zip(refused, again, strict=True):
+                results[i] = result
+        return results
 
     async def settle_many(self, settlements: Sequence[Settlement], now_ms: int = 0) -> None:
         if not settlements:
@@ -270,4 +318,5 @@ class RedisStore:
 
     async def close(self) -> None:
         self.fast.close()
+        self.settler.close()
         await self.client.aclose(close_connection_pool=True)

@@ -9,6 +9,7 @@ import logging
 import time
 
 import pytest
+import redis as redis_client
 
 from authz.edge.metrics import Metrics
 from authz.errors import RateLimitExceeded, TokenBudgetExhausted
@@ -48,7 +49,7 @@ def make(redis_server: RedisServer, clock: Clock | None = None, **kwargs) -> Gov
 async def settled(limiter: GovernanceLimiter, deadline_s: float = 2.0) -> None:
     """Wait until the flusher has applied every queued settlement."""
     deadline = time.monotonic() + deadline_s
-    while limiter._pending:
+    while limiter._pending or limiter._held or limiter._records:
         assert time.monotonic() < deadline, "settlements not flushed"
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.02)  # the batch in flight
@@ -236,3 +237,75 @@ def test_redis_killed_and_restarted_under_load(redis_server: RedisServer,
     down = [r for r in caplog.records if "redis unreachable" in r.getMessage()]
     assert len(down) == 1  # one line for the outage, not one per request
     assert metrics.redis_fallbacks._value.get() >= 1
+
+
+def test_far_from_the_limit_two_replicas_admit_without_waiting_within_the_bound(
+        redis_server: RedisServer) -> None:
+    """With a large limit the replicas admit from Redis's recent counts without a round
+    trip each; every admission is still counted in Redis, and the limit holds within
+    N + 10% + 2 under concurrent load."""
+    n = 2000
+
+    async def scenario() -> tuple[int, int, int]:
+        replicas = [make(redis_server, clock=time.time) for _ in range(2)]
+        for replica in replicas:
+            await replica.start()
+        admitted = 0
+        limits = Limits(tenant_requests_per_minute=n, user_requests_per_minute=10**6,
+                        user_concurrent_requests=10**6, tenant_tokens_per_day=10**12)
+
+        async def one(replica: GovernanceLimiter, user: str) -> None:
+            nonlocal admitted
+            try:
+                admission = await replica.admit("wide", user, limits, 10)
+                admitted += 1
+                await replica.settle(done(admission, user, "wide", input_tokens=1,
+                                          output_tokens=1))
+            except RateLimitExceeded:
+                pass
+
+        for _ in range(6):  # waves, so that each replica has recent counts to go on
+            await asyncio.gather(*(one(replicas[i % 2], f"u{i % 5}") for i in range(600)))
+        for replica in replicas:
+            await settled(replica)
+        without_waiting = sum(r.admitted_without_waiting for r in replicas)
+        counted = (await replicas[0].usage("wide"))["requests"]
+        for replica in replicas:
+            assert replica.redis_up
+            await replica.close()
+        return admitted, without_waiting, counted
+
+    admitted, without_waiting, counted = asyncio.run(scenario())
+    assert n <= admitted <= n + n // 10 + 2
+    # The path under test was taken: each replica used at least its share once (1/40 of
+    # the tenant's limit may be admitted before Redis has counted it).
+    assert without_waiting >= 2 * (n // 40)
+    assert counted == admitted  # every admission reached Redis's ledger
+
+
+def test_a_request_settled_before_redis_counted_it_releases_its_slot(
+        redis_server: RedisServer) -> None:
+    clock = Clock()
+    limits = Limits(user_concurrent_requests=1000)
+
+    async def scenario() -> None:
+        limiter = make(redis_server, clock)
+        await limiter.start()
+        try:
+            first = await limiter.admit("acme", "early", limits, 0)  # asks Redis
+            await limiter.settle(done(first, "early"))
+            fast = await limiter.admit("acme", "early", limits, 0)
+            assert limiter.admitted_without_waiting == 1
+            # Ended before the background write counted it: held, then released.
+            await limiter.settle(done(fast, "early"))
+            await settled(limiter)
+            client = redis_client.Redis.from_url(redis_server.url)
+            try:
+                assert int(client.hget("gov:{acme}:held", "n:early") or 0) == 0
+                assert client.zcard("gov:{acme}:inflight") == 0
+            finally:
+                client.close()
+        finally:
+            await limiter.close()
+
+    asyncio.run(scenario())
