@@ -33,11 +33,14 @@ from authz.governance.counters import (
     UserUsage,
     lease_member,
 )
-from authz.governance.resp import RespConnection, RespError
+from authz.governance.model import Limits
+from authz.governance.resp import RespConnection, RespError, bulk
 
 #: Usage of a day is kept this long (today's and yesterday's are readable).
 USAGE_TTL_S = 2 * 24 * 3600
 _FIELDS = ("requests", "input_tokens", "output_tokens", "total_tokens")
+_USAGE_TTL = bulk(USAGE_TTL_S)
+_MAX_CACHED_PARTS = 100_000
 
 # Releases leases past their expiry (their access-log entry was lost); shared by both
 # scripts. KEYS[1] inflight zset, KEYS[2] held hash; ARGV[1] now (ms).
@@ -217,33 +220,32 @@ class RedisStore:
         # one for settlement batches, so a batch never queues ahead of an admission.
         self.fast = RespConnection(url, timeout_s=timeout_s)
         self.settler = RespConnection(url, timeout_s=timeout_s * 4)
+        # Encoded command parts per (tenant, user, day): see _admit_payload.
+        self._admit_parts: dict[tuple[str, str, str],
+                                tuple[Limits, bytes, bytes, bytes, bytes]] = {}
+        self._settle_parts: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
 
     async def admit(self, r: AdmitRequest) -> Refusal | Counts:
         """Check and count one request: one EVALSHA on the check path's own pipelining
         connection (resp.py). The counts after it, or the refusal."""
-        command = self._admit_command(r, record=False)
+        payload = self._admit_payload(r, record=False)
         try:
-            result = await self.fast.call("EVALSHA", self._shas[_ADMIT], *command)
+            result = await self.fast.request(payload)
         except RespError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
             # A restarted (empty) Redis: load the script once, run again (the refused
             # call did nothing).
             await self.fast.call("SCRIPT", "LOAD", _ADMIT)
-            result = await self.fast.call("EVALSHA", self._shas[_ADMIT], *command)
+            result = await self.fast.request(payload)
         return _admit_result(result)
 
     async def record_many(self, requests: Sequence[AdmitRequest]) -> list[Counts]:
         """Count requests the limiter already admitted (far from every limit), in one
         write on the same connection as admissions, so that they stay in order: the
         counts after each. Raises when any could not be counted."""
-        sha = self._shas[_ADMIT]
-        commands = [("EVALSHA", sha, *self._admit_command(r, record=True)) for r in requests]
-        results = await self.fast.call_many(commands)
-        if any(_no_script(r) for r in results):
-            await self.fast.call("SCRIPT", "LOAD", _ADMIT)
-            results = [await self.fast.call(*c) if _no_script(r) else r
-                       for c, r in zip(commands, results, strict=True)]
+        payloads = [self._admit_payload(r, record=True) for r in requests]
+        results = await self._run(self.fast, _ADMIT, payloads)
         counts = []
         for result in results:
             if isinstance(result, Exception):
@@ -254,29 +256,39 @@ class RedisStore:
             counts.append(counted)
         return counts
 
-    def _admit_command(self, r: AdmitRequest, *, record: bool) -> tuple[Any, ...]:
-        inflight, held = _keys(r.client_id)
-        usage, users = _usage_keys(r.client_id, r.day)
-        tag = "{" + r.client_id + "}"
-        limits = r.limits
-        return (6, inflight, held, f"gov:{tag}:rpm:u:{r.user}", f"gov:{tag}:rpm", usage, users,
-                r.now_ms, r.user, r.lease, r.reserve, r.lease_expiry_ms,
-                _limit(limits.user_requests_per_minute),
-                _limit(limits.tenant_requests_per_minute),
-                _limit(limits.user_concurrent_requests),
-                _limit(limits.user_tokens_per_day), _limit(limits.tenant_tokens_per_day),
-                1 if record else 0)
+    def _admit_payload(self, r: AdmitRequest, *, record: bool) -> bytes:
+        """The EVALSHA of _ADMIT, encoded. What stays the same for a user on a day (the
+        keys, the user, the limits) is encoded once: this runs for every request."""
+        cached = self._admit_parts.get((r.client_id, r.user, r.day))
+        if cached is None or cached[0] is not r.limits:
+            if len(self._admit_parts) >= _MAX_CACHED_PARTS:
+                self._admit_parts.clear()
+            inflight, held = _keys(r.client_id)
+            usage, users = _usage_keys(r.client_id, r.day)
+            tag = "{" + r.client_id + "}"
+            limits = r.limits
+            head = b"*20\r\n" + b"".join(bulk(a) for a in (
+                "EVALSHA", self._shas[_ADMIT], 6, inflight, held,
+                f"gov:{tag}:rpm:u:{r.user}", f"gov:{tag}:rpm", usage, users))
+            tail = b"".join(bulk(_limit(v)) for v in (
+                limits.user_requests_per_minute, limits.tenant_requests_per_minute,
+                limits.user_concurrent_requests, limits.user_tokens_per_day,
+                limits.tenant_tokens_per_day))
+            cached = (limits, head, bulk(r.user), tail + bulk(0), tail + bulk(1))
+            self._admit_parts[(r.client_id, r.user, r.day)] = cached
+        _, head, user, check_tail, record_tail = cached
+        return b"".join((head, bulk(r.now_ms), user, bulk(r.lease), bulk(r.reserve),
+                         bulk(r.lease_expiry_ms), record_tail if record else check_tail))
 
-    async def _evalsha(self, script: str, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """EVALSHA each command in one write; on NOSCRIPT (a restarted Redis) load the
-        script and run the refused ones again (a refused call did nothing)."""
-        sha = self._shas[script]
-        results = await self.settler.call_many([("EVALSHA", sha, *c) for c in commands])
+    async def _run(self, connection: RespConnection, script: str,
+                   payloads: list[bytes]) -> list[Any]:
+        """EVALSHA payloads in one write; on NOSCRIPT (a restarted Redis) load the script
+        and run the refused ones again (a refused call did nothing)."""
+        results = await connection.request_many(payloads)
         refused = [i for i, r in enumerate(results) if _no_script(r)]
         if refused:
-            await self.settler.call("SCRIPT", "LOAD", script)
-            again = await self.settler.call_many(
-                [("EVALSHA", sha, *commands[i]) for i in refused])
+            await connection.call("SCRIPT", "LOAD", script)
+            again = await connection.request_many([payloads[i] for i in refused])
             if any(_no_script(r) for r in again):
                 raise ConnectionError("redis refused the script twice")
             for i, result in zip(refused, again, strict=True):
@@ -286,14 +298,24 @@ class RedisStore:
     async def settle_many(self, settlements: Sequence[Settlement], now_ms: int = 0) -> None:
         if not settlements:
             return
-        commands = []
+        now = bulk(now_ms)
+        payloads = []
         for s in settlements:
-            inflight, held = _keys(s.client_id)
-            usage, users = _usage_keys(s.client_id, s.day)
+            head = self._settle_parts.get((s.client_id, s.user, s.day))
+            if head is None:
+                if len(self._settle_parts) >= _MAX_CACHED_PARTS:
+                    self._settle_parts.clear()
+                inflight, held = _keys(s.client_id)
+                usage, users = _usage_keys(s.client_id, s.day)
+                head = (b"*13\r\n" + b"".join(bulk(a) for a in (
+                    "EVALSHA", self._shas[_SETTLE], 4, inflight, held, usage, users)),
+                    bulk(s.user))
+                self._settle_parts[(s.client_id, s.user, s.day)] = head
             member = lease_member(s.lease, s.reserved, s.user) if s.lease else ""
-            commands.append((4, inflight, held, usage, users, now_ms, member, s.user,
-                             s.input_tokens, s.output_tokens, USAGE_TTL_S))
-        results = await asyncio.wait_for(self._evalsha(_SETTLE, commands), self.timeout_s * 4)
+            payloads.append(b"".join((head[0], now, bulk(member), head[1], bulk(s.input_tokens),
+                                      bulk(s.output_tokens), _USAGE_TTL)))
+        results = await asyncio.wait_for(self._run(self.settler, _SETTLE, payloads),
+                                         self.timeout_s * 4)
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
             raise errors[0]

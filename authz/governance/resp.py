@@ -26,12 +26,14 @@ class RespError(Exception):
     """An error reply (`-ERR ...`, `-NOSCRIPT ...`)."""
 
 
+def bulk(arg: Any) -> bytes:
+    """One argument as a RESP bulk string."""
+    data = arg if isinstance(arg, bytes) else str(arg).encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
 def encode(args: tuple[Any, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+    return b"*%d\r\n" % len(args) + b"".join(bulk(arg) for arg in args)
 
 
 class _Protocol(asyncio.Protocol):
@@ -169,18 +171,25 @@ class RespConnection:
             return protocol
 
     async def call(self, *args: Any) -> Any:
+        return await self.request(encode(args))
+
+    async def request(self, payload: bytes) -> Any:
+        """One command already encoded (encode(), or pieces made with bulk())."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
-        return await protocol.send(encode(args))
+        return await protocol.send(payload)
 
     async def call_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return await self.request_many([encode(command) for command in commands])
+
+    async def request_many(self, payloads: Sequence[bytes]) -> list[Any]:
         """Every command in one write; each result in order, an error reply (RespError)
         as the value rather than raised. A lost connection or a late reply raises."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
-        futures = [protocol.send(encode(command)) for command in commands]
+        futures = [protocol.send(payload) for payload in payloads]
         results: list[Any] = []
         failure: BaseException | None = None
         # Every future is awaited, even after a failure (a lost connection fails them
