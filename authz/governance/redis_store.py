@@ -56,10 +56,12 @@ local function release(member)
     redis.call('HINCRBY', KEYS[2], 'r', -tokens)
   end
 end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
-for _, member in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], member)
-  release(member)
+local function expire_leases()
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+  for _, member in ipairs(expired) do
+    redis.call('ZREM', KEYS[1], member)
+    release(member)
+  end
 end
 """
 
@@ -77,6 +79,10 @@ local user = ARGV[2]
 local urpm, trpm = tonumber(ARGV[6]), tonumber(ARGV[7])
 local uconc, utpd, ttpd = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local check = ARGV[11] ~= '1'
+if check then
+  -- (A recorded request skips this: every settlement runs it too.)
+  expire_leases()
+end
 local function window_full(key, limit, name)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 60000)
   if redis.call('ZCARD', key) >= limit then
@@ -152,6 +158,7 @@ return {'', redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[4]),
 # KEYS: 1 inflight, 2 held, 3 usage, 4 users usage. ARGV: 1 now_ms, 2 lease member
 # ('' = none), 3 user, 4 input, 5 output, 6 usage ttl (s).
 _SETTLE = _EXPIRE + """
+expire_leases()
 if ARGV[2] ~= '' and redis.call('ZREM', KEYS[1], ARGV[2]) == 1 then
   release(ARGV[2])
 end
