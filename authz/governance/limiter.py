@@ -23,7 +23,9 @@ allows is bounded by the share (docs/governance.md). A Redis error or a slow
 answer (the store's short timeout) flips the limiter to its LocalStore: requests keep
 flowing on per-replica counting, one log line and `authz_redis_up 0` say so, and a
 probe every second flips it back. Settlements of Redis leases wait in a bounded queue
-while Redis is down and are applied when it is back.
+while Redis is down and are applied when it is back; requests admitted on this
+replica's own counters during an outage are released here, and their usage is copied to
+Redis when it is back.
 """
 
 from __future__ import annotations
@@ -358,8 +360,18 @@ class GovernanceLimiter:
         settlement = Settlement(done.client_id, done.user, done.lease,
                                 max(0, done.reserved_tokens), input_tokens, output_tokens,
                                 utc_day(self.clock()))
-        if self.redis is None or done.lease.startswith("l"):
+        if self.redis is None:
             self.local.settle_now(settlement)
+            return
+        if done.lease.startswith("l"):
+            # Admitted while Redis was away: released here, and its usage also goes to
+            # Redis when it is back, so the shared ledger misses no request.
+            self.local.settle_now(settlement)
+            copy = Settlement(settlement.client_id, settlement.user, "", 0,
+                              settlement.input_tokens, settlement.output_tokens,
+                              settlement.day)
+            self._unapplied(copy, +1)
+            self._queue(copy)
             return
         self._unapplied(settlement, +1)
         if done.lease in self._uncounted:
@@ -371,12 +383,17 @@ class GovernanceLimiter:
             self._unapplied(settlement, -1)
             self.local.settle_now(settlement)
             return
+        self._queue(settlement)
+
+    def _queue(self, settlement: Settlement) -> None:
         self._pending.append(settlement)
         if len(self._pending) > MAX_PENDING:
             # Redis has been away long: keep this replica's view rather than memory.
             oldest = self._pending.popleft()
             self._unapplied(oldest, -1)
-            self.local.settle_now(oldest)
+            if oldest.lease:
+                self.local.settle_now(oldest)
+            # (a usage-only copy is in this replica's counters already: dropped)
         self._wake.set()
 
     def _unapplied(self, s: Settlement, sign: int) -> None:

@@ -309,3 +309,37 @@ def test_a_request_settled_before_redis_counted_it_releases_its_slot(
             await limiter.close()
 
     asyncio.run(scenario())
+
+
+def test_usage_counted_during_an_outage_reaches_redis_when_it_is_back(
+        redis_server: RedisServer) -> None:
+    limits = Limits(user_requests_per_minute=1000)
+
+    async def scenario() -> dict[str, object]:
+        limiter = GovernanceLimiter(RedisStore(redis_server.url, timeout_s=0.2),
+                                    probe_interval_s=0.05, flush_interval_s=0.01)
+        await limiter.start()
+        try:
+            redis_server.kill()
+            for _ in range(5):
+                admission = await limiter.admit("outage", "u1", limits, 0)
+                assert admission.lease.startswith("l")  # counted on this replica
+                await limiter.settle(done(admission, "u1", "outage", input_tokens=2,
+                                          output_tokens=3))
+            assert not limiter.redis_up
+            assert (await limiter.usage("outage"))["requests"] == 5  # the local view
+            redis_server.start()
+            deadline = time.monotonic() + 5
+            while not limiter.redis_up:
+                assert time.monotonic() < deadline, "redis not picked up again"
+                await asyncio.sleep(0.02)
+            await settled(limiter)
+            return await limiter.usage("outage")  # now from Redis
+        finally:
+            await limiter.close()
+
+    usage = asyncio.run(scenario())
+    assert usage["requests"] == 5
+    assert usage["total_tokens"] == 25
+    assert usage["users"] == {"u1": {"requests": 5, "input_tokens": 10, "output_tokens": 15,
+                                     "total_tokens": 25}}
