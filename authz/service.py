@@ -28,7 +28,6 @@ from authz.edge.envoy_check import CheckRequest, ResponseEncoder, check_input
 from authz.edge.metrics import Metrics, StatsCollector
 from authz.errors import AddressInUse
 from authz.governance.limiter import GovernanceLimiter
-from authz.governance.redis_store import RedisStore
 from authz.pipeline.decision import Allow, Authorizer
 from authz.settings import Settings, format_addr
 from authz.tenants.key_cache import KeyCache
@@ -37,6 +36,7 @@ from authz.tenants.vault_login import token_provider
 
 if TYPE_CHECKING:
     from authz.fastpath.xds import FastPathControl
+    from authz.governance.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,7 @@ class AuthzService:
         # Every enabled token type behind one dispatcher (Firebase, OIDC, client keys...).
         self.tokens = build_token_verifiers(settings, self.certs, vault_tokens)
         # Limits and the usage ledger: in this process, or shared through Redis.
-        self.limiter = GovernanceLimiter(
-            RedisStore(settings.redis_url, timeout_s=settings.redis_timeout_s)
-            if settings.redis_url else None,
-            events=self.metrics,
-        )
+        self.limiter = GovernanceLimiter(_redis_store(settings), events=self.metrics)
         self.authorizer = Authorizer(
             self.tokens,
             self.keys,
@@ -318,3 +314,12 @@ async def serve(settings: Settings) -> None:
     with contextlib.suppress(Exception):
         service.keys.close()
     log.info("authz stopped")
+
+
+def _redis_store(settings: Settings) -> RedisStore | None:
+    if not settings.redis_url:
+        return None
+    # Imported only here: redis-py costs ~8 MB of memory a relay without Redis never uses.
+    from authz.governance.redis_store import RedisStore
+
+    return RedisStore(settings.redis_url, timeout_s=settings.redis_timeout_s)

@@ -59,6 +59,9 @@ FIREBASE_MAX_SUBJECT = 128
 JWT_CACHE_SIZE = 10_000
 # Verified tokens the Lua filter remembers per Envoy worker (emptied when full).
 LUA_CACHE_SIZE = 10_000
+# A POST body up to this size is read to see whether it might ask for a stream (the
+# same bound as the ext_authz check's max_request_bytes in envoy/envoy.yaml).
+MAX_CHECKED_BODY_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,7 @@ local function audience_ok(issuer, aud)
   return false
 end
 
-local function decide(handle, headers, client_id, tenant, token_type)
+local function decide(handle, headers, client_id, tenant, token_type, user)
   headers:replace("authorization", tenant[1])
   if tenant[2] then
     headers:replace("openai-organization", tenant[2])
@@ -237,6 +240,8 @@ local function decide(handle, headers, client_id, tenant, token_type)
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(LOG_NAMESPACE, "client_id", client_id)
   metadata:set(LOG_NAMESPACE, "token_type", token_type)
+  -- The user usage is counted under (the verified subject), as the service names it.
+  metadata:set(LOG_NAMESPACE, "user", user)
   metadata:set(DECIDED_NAMESPACE, DECIDED_KEY, true)
 end
 
@@ -273,40 +278,73 @@ local function tenant_of(issuer, payload, header, authorization, now)
   return client_id, tenant
 end
 
-function envoy_on_request(handle)
-  -- Past the lease the authz service did not renew (it is down or cut off), decide
-  -- nothing: ext_authz then fails closed, as with the fast path off.
-  if os.time() >= LEASE_UNTIL then return end
+-- A POST body that might ask for a stream ("stream", or \\u escapes that could spell
+-- it) goes to the service, as does one of unknown or more than 16 MiB length: the
+-- service decides whether a streamed chat completion needs usage asked for (the
+-- metering filter's `inject_usage`), by the same rule as for any request. Uploads
+-- (multipart, octet-stream) cannot ask for a stream. Reading the body waits for all of
+-- it, as the service's check would.
+local function body_needs_service(handle)
   local headers = handle:headers()
-  if headers:getNumValues("authorization") ~= 1 then return end
+  if headers:get(":method") ~= "POST" then return false end
+  local content_type = string.lower(headers:get("content-type") or "")
+  if string.find(content_type, "^%s*multipart/")
+      or string.find(content_type, "^%s*application/octet%-stream") then
+    return false
+  end
+  local length = tonumber(headers:get("content-length") or "")
+  if length == nil or length > MAX_BODY then return true end
+  if length == 0 then return false end
+  local body = handle:body()
+  if body == nil then return false end
+  local bytes = body:getBytes(0, body:length())
+  return string.find(bytes, "stream", 1, true) ~= nil
+    or string.find(bytes, "\\u", 1, true) ~= nil
+end
+
+-- The request's tenant, from the token cache or a verified token: client_id, tenant,
+-- token type, subject; nil when the service must decide.
+local function served(handle, headers)
+  if headers:getNumValues("authorization") ~= 1 then return nil end
   local authorization = headers:get("authorization")
   -- os.time() is whole seconds: rounded so that each check is as strict as the service's.
   local now = os.time()
   local seen = CACHE[authorization]
   if seen ~= nil then
     if seen[3] > now + 1 - SKEW then
-      return decide(handle, headers, seen[1], seen[2], seen[4])
+      return seen[1], seen[2], seen[4], seen[5]
     end
     CACHE[authorization] = nil
   end
   local verified = handle:streamInfo():dynamicMetadata():get(JWT_NAMESPACE)
-  if verified == nil then return end
+  if verified == nil then return nil end
   for _, issuer in ipairs(ISSUERS) do
     local payload = verified[issuer.payload_key]
     if payload ~= nil then
       -- One issuer verified this token; its rules alone decide.
       local client_id, tenant = tenant_of(issuer, payload, verified[issuer.header_key],
                                           authorization, now)
-      if client_id == nil then return end
+      if client_id == nil then return nil end
       if CACHED >= CACHE_MAX then
         CACHE = {}
         CACHED = 0
       end
-      CACHE[authorization] = {client_id, tenant, payload.exp, issuer.token_type}
+      CACHE[authorization] = {client_id, tenant, payload.exp, issuer.token_type, payload.sub}
       CACHED = CACHED + 1
-      return decide(handle, headers, client_id, tenant, issuer.token_type)
+      return client_id, tenant, issuer.token_type, payload.sub
     end
   end
+  return nil
+end
+
+function envoy_on_request(handle)
+  -- Past the lease the authz service did not renew (it is down or cut off), decide
+  -- nothing: ext_authz then fails closed, as with the fast path off.
+  if os.time() >= LEASE_UNTIL then return end
+  local client_id, tenant, token_type, user = served(handle, handle:headers())
+  if client_id == nil or body_needs_service(handle) then return end
+  -- Fetched again: Envoy's header object does not outlive the wait for the body.
+  return decide(handle, handle:headers(), client_id, tenant, token_type, user)
 end
 """
 
@@ -357,6 +395,7 @@ def lua_source(issuers: Sequence[FastIssuer], tenants: Sequence[FastTenant],
         f"local DECIDED_KEY = {_lua_string(DECIDED_KEY)}",
         f"local SKEW = {int(clock_skew_s)}",
         f"local MAX_TOKEN = {MAX_TOKEN_BYTES}",
+        f"local MAX_BODY = {MAX_CHECKED_BODY_BYTES}",
         f"local CACHE_MAX = {LUA_CACHE_SIZE}",
         f"local LEASE_UNTIL = {int(lease_until)}",
         "local ISSUERS = {",

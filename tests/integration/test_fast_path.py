@@ -12,6 +12,7 @@ import ipaddress
 import json
 import re
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import httpx2 as httpx
@@ -118,6 +119,25 @@ def test_a_firebase_token_of_a_plain_tenant_is_served_by_envoy_alone(
     # The access log names the tenant as on the ext_authz path.
     line = seconds_until(lambda: '"client_id":"acme"' in fast_relay.logs()["envoy"], 5)
     assert line >= 0
+
+
+def test_a_request_envoy_served_alone_is_metered_for_its_tenant_and_user(
+        fast_relay, upstream, token_for):
+    """Usage is counted for the fast path too: the access log entry carries the tenant
+    and user the Lua filter decided, and the service settles it like any other."""
+    url = f"http://127.0.0.1:{fast_relay.metrics_port}/admin/usage?client_id=acme&user=fast-u"
+    with Paths(fast_relay) as paths:
+        response = get(fast_relay, bearer(token_for("acme", uid="fast-u")))
+    assert response.status_code == 200
+    assert (paths.fast, paths.authz) == (1, 0)
+    deadline = time.monotonic() + 5
+    while True:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            report = json.load(answer)
+        if report["users"].get("fast-u", {}).get("requests") == 1:
+            break
+        assert time.monotonic() < deadline, report
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(
@@ -247,19 +267,41 @@ def sdk_client(relay: RelayStack, key: str) -> openai.OpenAI:
                          http_client=httpx.Client(timeout=30))
 
 
-def test_streaming_with_the_openai_sdk(fast_relay, upstream, token_for, tenants):
-    client = sdk_client(fast_relay, token_for("acme"))
+def test_streaming_with_the_openai_sdk_is_decided_by_the_service_and_metered(
+        fast_relay, upstream, token_for, tenants):
+    """A body that asks for a stream goes to the service, which alone decides whether a
+    chat completion must be asked for usage: the client's stream stays what it asked
+    for (no usage-only chunk), and its tokens are counted. A plain call stays in Envoy."""
+    client = sdk_client(fast_relay, token_for("acme", uid="streamer"))
     with Paths(fast_relay) as paths:
-        stream = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
-        chunks = [c.choices[0].delta.content for c in stream if c.choices]
+        chunks = list(client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True))
         with client.responses.create(model="gpt-4o-mini", input="hi", stream=True) as events:
-            kinds = [event.type for event in events]
-    assert "".join(c for c in chunks if c)
-    assert kinds[-1] == "response.completed"
-    assert paths.fast == 2
+            kinds = [event for event in events]
+        plain = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert chunks
+    assert all(chunk.choices and chunk.usage is None for chunk in chunks)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert kinds[-1].type == "response.completed"
+    assert plain.choices[0].message.content
+    assert (paths.fast, paths.authz) == (1, 2)
     assert {r.header("authorization") for r in upstream.requests} == {
         f"Bearer {tenants['acme'].api_key}"}
+    assert plain.usage is not None
+    assert kinds[-1].response.usage is not None
+    seen_by_client = plain.usage.total_tokens + kinds[-1].response.usage.total_tokens
+    url = f"http://127.0.0.1:{fast_relay.metrics_port}/admin/usage?client_id=acme&user=streamer"
+    deadline = time.monotonic() + 5
+    while True:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            mine = json.load(answer)["users"].get("streamer", {})
+        if mine.get("requests") == 3:
+            break
+        assert time.monotonic() < deadline, mine
+        time.sleep(0.05)
+    # The chat stream's own usage, which its client never saw, is in the count too.
+    assert mine["total_tokens"] > seen_by_client
 
 
 def test_envoys_own_replies_stay_json(fast_relay, token_for):

@@ -4,6 +4,8 @@ connects on first use only)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 from authz.governance.counters import AdmitRequest, Settlement
 from authz.governance.model import Limits
@@ -44,3 +46,12 @@ def test_settlements_are_encoded_as_the_whole_command_would_be() -> None:
         "EVALSHA", store._shas[_SETTLE], 4, "gov:{acme}:inflight", "gov:{acme}:held",
         "gov:{acme}:usage:2026-12-04", "gov:{acme}:users:2026-12-04", 77, member, "u1",
         i, o, USAGE_TTL_S)) for member, i, o in (("r9|40|u1", 10, 20), ("", 3, 4))]]
+
+
+def test_a_relay_without_redis_does_not_load_redis_py() -> None:
+    """redis-py (and what it pulls in) costs ~8 MB of resident memory per process."""
+    code = ("import sys, authz.service, authz.cli.main; "
+            "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith('redis.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
