@@ -1,9 +1,11 @@
 """The full test run behind `./run.sh test` (no arguments): every suite, with the
 ten-minute stream test, which spends its time waiting, in a second pytest process
-beside the rest, so it adds nothing to the wall time.
+beside the rest, so it adds nothing to the wall time; then the integration suites
+again with the fast path on (RELAY_TEST_FAST_PATH=on, docs/fast-path.md), so that both
+modes are checked on every run (the soak tests, minutes of load each, once).
 
-The last line is the sum of both runs: `total: N passed, N failed, N skipped`.
-Exits non-zero if either run failed.
+The last line is the sum of all runs: `total: N passed, N failed, N skipped`.
+Exits non-zero if any run failed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LONG = "tests/integration/test_long_stream.py"
+FAST_SUITES = "tests/integration"
 
 
 def _counts(report: Path) -> tuple[int, int, int]:
@@ -47,6 +50,13 @@ def main() -> int:
         main_rc = subprocess.call(
             [*pytest, "--ignore", LONG, f"--junitxml={results / 'main.xml'}"], cwd=REPO,
             env={**os.environ, "RELAY_TEST_PORTS": "15000-29999"})
+        print(f"\n--- {FAST_SUITES} again, with the fast path on (soak tests once) ---",
+              flush=True)
+        fast_rc = subprocess.call(
+            [*pytest, FAST_SUITES, "--ignore", LONG, "-m", "not soak", "-q",
+             f"--junitxml={results / 'fast-path.xml'}"], cwd=REPO,
+            env={**os.environ, "RELAY_TEST_PORTS": "15000-29999",
+                 "RELAY_TEST_FAST_PATH": "on"})
         long_rc = long_run.wait()
     finally:
         if long_run.poll() is None:
@@ -55,10 +65,10 @@ def main() -> int:
         long_log.close()
     print(f"\n--- {LONG} (run beside the rest) ---")
     print((results / "long-stream.log").read_text(), end="")
-    totals = [sum(c) for c in zip(_counts(results / "main.xml"), _counts(results / "long.xml"),
-                                  strict=True)]
+    totals = [sum(c) for c in zip(*(_counts(results / name) for name in
+                                     ("main.xml", "fast-path.xml", "long.xml")), strict=True)]
     print(f"total: {totals[0]} passed, {totals[1]} failed, {totals[2]} skipped")
-    return 0 if main_rc == 0 and long_rc == 0 else 1
+    return 0 if main_rc == 0 and fast_rc == 0 and long_rc == 0 else 1
 
 
 if __name__ == "__main__":

@@ -299,7 +299,7 @@ local function body_needs_service(handle)
   if body == nil then return false end
   local bytes = body:getBytes(0, body:length())
   return string.find(bytes, "stream", 1, true) ~= nil
-    or string.find(bytes, "\\u", 1, true) ~= nil
+    or string.find(bytes, "\\\\u", 1, true) ~= nil
 end
 
 -- The request's tenant, from the token cache or a verified token: client_id, tenant,

@@ -24,6 +24,20 @@ from tests.support.vault import BaoDevServer
 
 pytestmark = pytest.mark.integration
 
+#: RELAY_TEST_FAST_PATH=on runs these suites with the fast path (docs/fast-path.md).
+FAST_PATH = os.environ.get("RELAY_TEST_FAST_PATH", "off") == "on"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With the fast path on, a test marked ext_authz_only is skipped, with its reason:
+    it checks what only the ext_authz path does (docs/fast-path.md says which and why)."""
+    if not FAST_PATH:
+        return
+    for item in items:
+        marker = item.get_closest_marker("ext_authz_only")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason="ext_authz path only: " + marker.args[0]))
+
 
 TENANTS = (
     Tenant("acme", "sk-acme-0123456789abcdefghij"),
@@ -44,8 +58,7 @@ def relay_env(pki: TestPKI, firebase: FirebaseKeys, vault: BaoDevServer,
         "VAULT_ADDR": vault.addr,
         "VAULT_TOKEN": vault.token,
         "AUTHZ_LOG_LEVEL": "DEBUG",
-        # RELAY_TEST_FAST_PATH=on runs these suites with the fast path (docs/fast-path.md).
-        "AUTHZ_FAST_PATH": os.environ.get("RELAY_TEST_FAST_PATH", "off"),
+        "AUTHZ_FAST_PATH": "on" if FAST_PATH else "off",
     }
 
 

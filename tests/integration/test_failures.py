@@ -31,6 +31,7 @@ def assert_internal_error(response, status=500):
     return body
 
 
+@pytest.mark.ext_authz_only("Envoy serves known tenants until its lease ends (test_fast_path)")
 def test_authz_unreachable_fails_closed_and_recovers_without_an_envoy_restart(
     make_relay, upstream, token_for
 ):
@@ -48,6 +49,7 @@ def test_authz_unreachable_fails_closed_and_recovers_without_an_envoy_restart(
     assert relay.envoy.pid == envoy_pid
 
 
+@pytest.mark.ext_authz_only("with the fast path, a known tenant's request never waits for authz")
 def test_authz_too_slow_times_out_closed(make_relay, upstream, token_for):
     relay = make_relay(check_timeout_s=0.5)
     token = token_for("acme")
@@ -89,6 +91,7 @@ def test_upstream_tls_it_cannot_verify_is_refused(make_relay, upstream, token_fo
     assert upstream.requests == []
 
 
+@pytest.mark.ext_authz_only("with the fast path, Envoy already holds the tenant's key")
 def test_vault_unreachable_for_an_uncached_tenant_is_an_internal_error(
     make_relay, vault, upstream, token_for
 ):

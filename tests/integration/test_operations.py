@@ -40,6 +40,7 @@ def metric(text, name, **labels):
     return sum(values) if values else None
 
 
+@pytest.mark.ext_authz_only("authz's check metrics do not count what Envoy served alone")
 def test_metrics_count_outcomes_caches_and_bounded_tenants(make_relay, token_for, upstream):
     relay = make_relay({"AUTHZ_METRICS_TENANT_CAP": "1"})
     token = token_for("acme")
@@ -112,6 +113,7 @@ def test_readiness_follows_certs_vault_and_authz(make_relay, firebase_certs, tok
              what="envoy not ready without authz")
 
 
+@pytest.mark.ext_authz_only("with the fast path, no check of a known tenant is in flight in authz")
 def test_authz_finishes_in_flight_checks_on_sigterm(make_relay, vault, token_for):
     relay = make_relay(check_timeout_s=15)
     token = token_for("initech", uid="drain-user")

@@ -112,6 +112,15 @@ def test_lua_holds_the_tenant_table_and_the_settings():
     assert "envoy_on_response" not in source  # nothing runs on the response side
 
 
+def test_every_escape_in_the_generated_lua_is_one_lua_knows():
+    r"""Lua refuses the whole script for one unknown escape (Envoy then rejects the push);
+    code outside comments may only use \\, \", \', \n, \t, \r and \ddd."""
+    source = lua_source([firebase(), OIDC], TENANTS, 30, LEASE)
+    code = "\n".join(line.split("--", 1)[0] for line in source.splitlines())
+    assert re.findall(r"\\(?![\\\"'ntr0-9])", code.replace("\\\\", "")) == []
+    assert 'string.find(bytes, "\\\\u", 1, true)' in source  # the two bytes \u
+
+
 @pytest.mark.parametrize("hostile", [
     'sk-"quote', "sk-back\\slash", "sk-new\nline", "sk-]]long", "sk-\x00nul", "sk-é",
 ])
