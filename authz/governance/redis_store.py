@@ -101,22 +101,16 @@ local function tenant_tokens()
   return tonumber(redis.call('HGET', KEYS[5], 'total_tokens') or '0')
     + tonumber(redis.call('HGET', KEYS[2], 'r') or '0')
 end
-if urpm >= 0 then
-  if check then
-    local refused = window_full(KEYS[3], urpm, 'user_requests_per_minute')
-    if refused then return refused end
-  else
-    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60000)
-  end
+-- A window's refusal, or nil; a recorded request only trims the window.
+local function window(key, limit, name)
+  if limit < 0 then return nil end
+  if check then return window_full(key, limit, name) end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 60000)
+  return nil
 end
-if trpm >= 0 then
-  if check then
-    local refused = window_full(KEYS[4], trpm, 'tenant_requests_per_minute')
-    if refused then return refused end
-  else
-    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 60000)
-  end
-end
+local refused = window(KEYS[3], urpm, 'user_requests_per_minute')
+  or window(KEYS[4], trpm, 'tenant_requests_per_minute')
+if refused then return refused end
 if check and uconc >= 0 then
   if tonumber(redis.call('HGET', KEYS[2], 'n:' .. user) or '0') >= uconc then
     return {'user_concurrent_requests', 0}
