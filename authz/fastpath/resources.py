@@ -250,8 +250,12 @@ local function tenant_of(issuer, payload, header, authorization, now)
   if type(payload) ~= "table" or type(header) ~= "table" then return nil end
   if type(header.alg) ~= "string" or issuer.algorithms[header.alg] ~= true then return nil end
   if type(header.kid) ~= "string" or header.kid == "" then return nil end
+  -- The service refuses a `crit` header (no extension is understood).
+  if header.crit ~= nil then return nil end
+  -- Three base64url segments without padding, as the service's JOSE parser demands:
+  -- another spelling of the same token (padding, '+' or '/') is not the same token.
   local token = string.match(authorization,
-    "^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9%-%._~%+/]+=*) *$")
+    "^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9_%-]+%.[A-Za-z0-9_%-]+%.[A-Za-z0-9_%-]+) *$")
   if token == nil or #token > MAX_TOKEN then return nil end
   if payload.iss ~= issuer.iss or not audience_ok(issuer, payload.aud) then return nil end
   if not num(payload.exp) or payload.exp <= now + 1 - SKEW then return nil end

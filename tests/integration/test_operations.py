@@ -138,6 +138,7 @@ def test_authz_finishes_in_flight_checks_on_sigterm(make_relay, vault, token_for
     assert relay.authz.returncode == 0
 
 
+@pytest.mark.ext_authz_only("rotation and cache invalidate reach Envoy within 2 s (test_fast_path)")
 def test_key_rotation_applies_within_the_ttl_and_at_once_when_forced(
     make_relay, vault, upstream, token_for
 ):
