@@ -7,6 +7,7 @@ import json
 import sys
 
 from authz.errors import ConfigError
+from authz.governance.policy import Policy, PolicyError, parse_policy
 from authz.settings import Settings, format_addr
 from authz.tenants.client_key_store import VaultClientKeyStore, parse_pepper_source
 from authz.tenants.vault import VaultTenantStore
@@ -54,6 +55,18 @@ def client_key_store(settings: Settings) -> VaultClientKeyStore:
 # Set once by main() from the command's --json flag: a script that asked for JSON gets
 # its errors as JSON too, one object on stderr, instead of a line it cannot parse.
 _json_errors = False
+
+
+def read_policy(text: str | None, file: str | None) -> Policy | None:
+    """A policy given as JSON text (--policy) or in a file (--policy-file, --file),
+    validated (PolicyError names the field); None when neither is given."""
+    if file:
+        try:
+            with open(file, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise PolicyError(f"cannot read {file}: {exc.strerror}") from None
+    return None if text is None else parse_policy(text)
 
 
 def use_json_errors(enabled: bool) -> None:

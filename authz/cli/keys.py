@@ -23,11 +23,12 @@ from authz.cli.common import (
     client_key_store,
     fail,
     operator_settings,
+    read_policy,
     require_vault,
     tenant_store,
 )
 from authz.errors import ConfigError, RelayError
-from authz.governance.policy import Policy, PolicyError, parse_policy, policy_to_json
+from authz.governance.policy import policy_to_json
 from authz.settings import parse_duration
 from authz.tenants.client_id import validate_client_id
 from authz.tenants.client_key_store import KeyInfo
@@ -85,22 +86,11 @@ def _info(info: KeyInfo, now: float) -> dict[str, Any]:
             "revoked_at": _when(info.revoked_at) if info.revoked_at else None}
 
 
-def read_policy_option(text: str | None, file: str | None) -> Policy | None:
-    """--policy JSON or --policy-file F, validated (PolicyError naming the field)."""
-    if file:
-        try:
-            with open(file, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise PolicyError(f"cannot read {file}: {exc.strerror}") from None
-    return None if text is None else parse_policy(text)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         client_id = validate_client_id(args.client_id)
         lifetime = parse_lifetime(args.expires_in) if getattr(args, "expires_in", None) else None
-        policy = read_policy_option(getattr(args, "policy", None),
+        policy = read_policy(getattr(args, "policy", None),
                                     getattr(args, "policy_file", None))
     except (ValueError, ConfigError) as exc:  # PolicyError is a ValueError
         return _fail(str(exc), EXIT_USAGE)

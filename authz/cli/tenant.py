@@ -27,11 +27,12 @@ from authz.cli.common import (
     client_key_store,
     fail,
     operator_settings,
+    read_policy,
     require_vault,
     tenant_store,
 )
 from authz.errors import RelayError, TenantRecordInvalid
-from authz.governance.policy import Policy, PolicyError, parse_policy, policy_to_json
+from authz.governance.policy import PolicyError, parse_policy, policy_to_json
 from authz.settings import Settings
 from authz.tenants.client_id import validate_client_id
 from authz.tenants.vault import TenantKey, VaultTenantStore, mask
@@ -112,17 +113,6 @@ def _read_key(args: argparse.Namespace, settings: Settings) -> str:
     return api_key
 
 
-def read_policy_argument(text: str | None, file: str | None) -> Policy | None:
-    """A policy given as JSON text or in a file, validated (PolicyError names the field)."""
-    if file:
-        try:
-            with open(file, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise PolicyError(f"cannot read {file}: {exc.strerror}") from None
-    return None if text is None else parse_policy(text)
-
-
 def _policy_view(record: dict[str, Any]) -> Any:
     """The record's policy for display: its JSON, None, or why the relay refuses it."""
     raw = record.get("policy")
@@ -147,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         client_id = validate_client_id(args.client_id)
         if args.action == "policy":
             return _policy(args, client_id, settings)
-        new_policy = read_policy_argument(getattr(args, "policy", None),
+        new_policy = read_policy(getattr(args, "policy", None),
                                           getattr(args, "policy_file", None))
     except ValueError as exc:  # a bad client id, or a PolicyError naming the field
         return _fail(str(exc), EXIT_USAGE)
@@ -239,7 +229,7 @@ def _policy(args: argparse.Namespace, client_id: str, settings: Settings) -> int
     """`tenant policy set|show|clear`: never prints or changes anything but the policy."""
     action = args.policy_action
     # Validated before Vault is even asked: a bad policy changes nothing (exit 2).
-    policy = read_policy_argument(args.policy, args.file) if action == "set" else None
+    policy = read_policy(args.policy, args.file) if action == "set" else None
     store = _store(settings)
     try:
         if action == "show":
