@@ -328,7 +328,7 @@ class GovernanceLimiter:
                 self.local.record_now(r)
                 if held is not None:
                     self._unapplied(held, -1)
-                    self.local.settle_now(held)
+                    self._settle_here(held)
                 elif len(self._relocated) < MAX_PENDING:
                     self._relocated.add(r.lease)
                 continue
@@ -366,14 +366,7 @@ class GovernanceLimiter:
             self.local.settle_now(settlement)
             return
         if done.lease.startswith("l"):
-            # Admitted while Redis was away: released here, and its usage also goes to
-            # Redis when it is back, so the shared ledger misses no request.
-            self.local.settle_now(settlement)
-            copy = Settlement(settlement.client_id, settlement.user, "", 0,
-                              settlement.input_tokens, settlement.output_tokens,
-                              settlement.day)
-            self._unapplied(copy, +1)
-            self._queue(copy)
+            self._settle_here(settlement)  # admitted while Redis was away
             return
         self._unapplied(settlement, +1)
         if done.lease in self._uncounted:
@@ -383,9 +376,18 @@ class GovernanceLimiter:
         if done.lease in self._relocated:
             self._relocated.discard(done.lease)
             self._unapplied(settlement, -1)
-            self.local.settle_now(settlement)
+            self._settle_here(settlement)
             return
         self._queue(settlement)
+
+    def _settle_here(self, settlement: Settlement) -> None:
+        """A request this replica counted itself (Redis was away): released here, and its
+        usage also goes to Redis when it is back, so the shared ledger misses none."""
+        self.local.settle_now(settlement)
+        copy = Settlement(settlement.client_id, settlement.user, "", 0,
+                          settlement.input_tokens, settlement.output_tokens, settlement.day)
+        self._unapplied(copy, +1)
+        self._queue(copy)
 
     def _queue(self, settlement: Settlement) -> None:
         self._pending.append(settlement)

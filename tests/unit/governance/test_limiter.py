@@ -281,3 +281,44 @@ def test_seconds_to_midnight() -> None:
 def test_unlimited_budget_reserves_nothing(limiter) -> None:
     admission = run(limiter.admit("acme", "u1", Limits(user_concurrent_requests=5), 500))
     assert admission.reserved_tokens == 0
+
+
+class _FailingRecords:
+    """A Redis store whose checks answer and whose background counting fails (Redis
+    went away between the two)."""
+
+    def __init__(self) -> None:
+        self.settled: list[object] = []
+
+    async def admit(self, request):  # type: ignore[no-untyped-def]
+        from authz.governance.counters import Counts
+
+        return Counts(0, 0, 0, 0, 0)
+
+    async def record_many(self, requests):  # type: ignore[no-untyped-def]
+        raise ConnectionError("redis went away")
+
+    async def settle_many(self, settlements, now_ms=0):  # type: ignore[no-untyped-def]
+        self.settled.extend(settlements)
+
+
+def test_a_request_redis_could_not_count_is_settled_here_and_its_usage_copied(clock) -> None:
+    store = _FailingRecords()
+    limiter = GovernanceLimiter(store, clock=clock)  # type: ignore[arg-type]
+    limits = Limits(user_requests_per_minute=10_000)
+
+    async def scenario() -> None:
+        await limiter.admit("acme", "u1", limits, 0)  # asked Redis: counts for the user
+        fast = await limiter.admit("acme", "u1", limits, 0)
+        assert limiter.admitted_without_waiting == 1
+        await asyncio.sleep(0.05)  # the background count fails: counted here instead
+        assert not limiter.redis_up
+        assert limiter.local.in_flight("acme", "u1") == 1
+        await limiter.settle(done(fast, input_tokens=2, output_tokens=3))
+        assert limiter.local.in_flight("acme", "u1") == 0
+        assert (await limiter.usage("acme"))["total_tokens"] == 5
+        # ...and its usage waits for Redis, without a lease to release there.
+        [copy] = list(limiter._pending)
+        assert (copy.lease, copy.input_tokens, copy.output_tokens) == ("", 2, 3)
+
+    run(scenario())
