@@ -192,7 +192,6 @@ def _fast_path(service: AuthzService, server: grpc.aio.Server) -> FastPathContro
     from authz.fastpath.resources import FastIssuer, firebase_issuer, oidc_issuer
     from authz.fastpath.tenants import TenantSource
     from authz.fastpath.xds import AdsServer, FastPathControl, add_to_server
-    from authz.governance.policy import ALLOW_ALL
     from authz.tenants.vault import KvStore
 
     settings = service.settings
@@ -203,9 +202,6 @@ def _fast_path(service: AuthzService, server: grpc.aio.Server) -> FastPathContro
     # revocation check) all stay on ext_authz: Firebase is not handed to Envoy then.
     serve_firebase = bool(settings.firebase_project_id) and not (
         settings.firebase_emulator_mode or settings.firebase_check_revoked)
-    # A tenant without a policy gets AUTHZ_DEFAULT_POLICY (governance): served only
-    # while that default is the plain {"endpoints": "all"}.
-    default_is_plain = settings.default_policy == ALLOW_ALL
 
     def issuers() -> list[FastIssuer]:
         """The issuers Envoy verifies, with the keys the service holds right now."""
@@ -219,12 +215,16 @@ def _fast_path(service: AuthzService, server: grpc.aio.Server) -> FastPathContro
                 found.append(oidc_issuer(index, config, verifier.keys.current()))
         return found
 
-    return FastPathControl(
+    control = FastPathControl(
         ads,
-        TenantSource(kv, settings.vault_path, default_is_plain=default_is_plain),
+        # A tenant without a policy gets AUTHZ_DEFAULT_POLICY, as on ext_authz.
+        TenantSource(kv, settings.vault_path, default_policy=settings.default_policy),
         issuers,
         clock_skew_s=settings.clock_skew_s,
+        exhausted=service.limiter.exhausted,
     )
+    service.limiter.on_settled = control.settled
+    return control
 
 
 async def serve(settings: Settings) -> None:

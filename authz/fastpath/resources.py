@@ -50,6 +50,14 @@ from authz.fastpath.blocks import (
     LUA_FILTER,
     NOOP_LUA,
 )
+from authz.fastpath.governance_lua import (
+    GOVERNANCE_LUA,
+    Exhausted,
+    exhausted_table,
+    policy_tables,
+)
+from authz.fastpath.lua_text import lua_string
+from authz.governance.policy import Policy
 
 JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
 # The access log reads the tenant from ext_authz's namespace; the fast path writes the
@@ -72,6 +80,9 @@ class FastTenant:
     api_key: str = field(repr=False)
     organization: str | None = None
     project: str | None = None
+    #: The policy Envoy enforces for it (governance_lua.py); None: nothing to check
+    #: (the plain {"endpoints": "all"} with no models and no budgets).
+    policy: Policy | None = None
 
 
 @dataclass(frozen=True)
@@ -175,20 +186,8 @@ def jwt_authn_config(issuers: Sequence[FastIssuer], clock_skew_s: float
     return config
 
 
-def _lua_string(value: str) -> str:
-    """A Lua string literal for any text: printable ASCII as is, all else as \\ddd."""
-    out = []
-    for byte in value.encode("utf-8"):
-        char = chr(byte)
-        if 0x20 <= byte < 0x7F and char not in ('"', "\\"):
-            out.append(char)
-        else:
-            out.append(f"\\{byte:03d}")
-    return '"' + "".join(out) + '"'
-
-
 def _lua_opt(value: str | None) -> str:
-    return "false" if value is None else _lua_string(value)
+    return "false" if value is None else lua_string(value)
 
 
 _LUA_BODY = """
@@ -282,28 +281,29 @@ local function tenant_of(issuer, payload, header, authorization, now)
   return client_id, tenant
 end
 
--- A POST body that might ask for a stream ("stream", or \\u escapes that could spell
--- it) goes to the service, as does one of unknown or more than 16 MiB length: the
--- service decides whether a streamed chat completion needs usage asked for (the
--- metering filter's `inject_usage`), by the same rule as for any request. Uploads
--- (multipart, octet-stream) cannot ask for a stream. Reading the body waits for all of
--- it, as the service's check would.
-local function body_needs_service(handle)
-  local headers = handle:headers()
-  if headers:get(":method") ~= "POST" then return false end
+-- Uploads (multipart, octet-stream) stream past the service unread: it checks neither
+-- their model nor whether they ask for a stream, so neither does this filter.
+local function is_upload(headers)
   local content_type = string.lower(headers:get("content-type") or "")
-  if string.find(content_type, "^%s*multipart/")
-      or string.find(content_type, "^%s*application/octet%-stream") then
-    return false
-  end
+  return string.find(content_type, "^%s*multipart/") ~= nil
+    or string.find(content_type, "^%s*application/octet%-stream") ~= nil
+end
+
+-- The request body, whole ("" for none), or nil when the service must decide: a POST
+-- of unknown length (no Content-Length), or any body of more than the 16 MiB the
+-- service reads whole. Reading it waits for all of it, as the service's check would.
+-- Another method without a Content-Length almost always has no body (a GET): then
+-- Envoy has none to wait for; one that does is read (a body over Envoy's 17 MiB buffer
+-- gets its 413 rather than the service's 403).
+local function request_body(handle, headers, method)
   local length = tonumber(headers:get("content-length") or "")
-  if length == nil or length > MAX_BODY then return true end
-  if length == 0 then return false end
+  if length == nil and method == "POST" then return nil end
+  if length ~= nil and length > MAX_BODY then return nil end
+  if length == 0 then return "" end
   local body = handle:body()
-  if body == nil then return false end
-  local bytes = body:getBytes(0, body:length())
-  return string.find(bytes, "stream", 1, true) ~= nil
-    or string.find(bytes, "\\\\u", 1, true) ~= nil
+  if body == nil then return "" end
+  if body:length() > MAX_BODY then return nil end
+  return body:getBytes(0, body:length())
 end
 
 -- The request's tenant, from the token cache or a verified token: client_id, tenant,
@@ -345,8 +345,32 @@ function envoy_on_request(handle)
   -- Past the lease the authz service did not renew (it is down or cut off), decide
   -- nothing: ext_authz then fails closed, as with the fast path off.
   if os.time() >= LEASE_UNTIL then return end
-  local client_id, tenant, token_type, user = served(handle, handle:headers())
-  if client_id == nil or body_needs_service(handle) then return end
+  local headers = handle:headers()
+  local client_id, tenant, token_type, user = served(handle, headers)
+  if client_id == nil then return end
+  -- Governance (governance_lua.py): every check here only proves a request allowed;
+  -- whatever it cannot prove, the service answers.
+  local exhausted = EXHAUSTED[client_id]
+  if exhausted == true or (exhausted ~= nil and exhausted[user]) then return end
+  local policy = tenant[4]
+  local method = headers:get(":method")
+  if policy and policy.endpoints
+      and not endpoint_allowed(policy.endpoints, method, openai_path(headers:get(":path"))) then
+    return
+  end
+  local models = policy and policy.models
+  if (method == "POST" or models) and not is_upload(headers) then
+    local bytes = request_body(handle, headers, method)
+    if bytes == nil then return end
+    -- A POST body that might ask for a stream ("stream", or \\u escapes that could
+    -- spell it) goes to the service: it decides whether a streamed chat completion
+    -- needs usage asked for (the metering filter's `inject_usage`).
+    if method == "POST" and (string.find(bytes, "stream", 1, true) ~= nil
+        or string.find(bytes, "\\\\u", 1, true) ~= nil) then
+      return
+    end
+    if models and bytes ~= "" and not model_allowed(models, body_model(bytes)) then return end
+  end
   -- Fetched again: Envoy's header object does not outlive the wait for the body.
   return decide(handle, handle:headers(), client_id, tenant, token_type, user)
 end
@@ -354,21 +378,21 @@ end
 
 
 def _lua_set(values: Sequence[str]) -> str:
-    return "{" + ", ".join(f"[{_lua_string(v)}] = true" for v in values) + "}"
+    return "{" + ", ".join(f"[{lua_string(v)}] = true" for v in values) + "}"
 
 
 def _lua_list(values: Sequence[str]) -> str:
-    return "{" + ", ".join(_lua_string(v) for v in values) + "}"
+    return "{" + ", ".join(lua_string(v) for v in values) + "}"
 
 
 def _lua_issuer(issuer: FastIssuer) -> list[str]:
     return [
         "  {",
-        f"    payload_key = {_lua_string(issuer.name + '_payload')},",
-        f"    header_key = {_lua_string(issuer.name + '_header')},",
-        f"    iss = {_lua_string(issuer.issuer)},",
+        f"    payload_key = {lua_string(issuer.name + '_payload')},",
+        f"    header_key = {lua_string(issuer.name + '_header')},",
+        f"    iss = {lua_string(issuer.issuer)},",
         f"    exact_audience = "
-        f"{_lua_string(issuer.audiences[0]) if issuer.exact_audience else 'false'},",
+        f"{lua_string(issuer.audiences[0]) if issuer.exact_audience else 'false'},",
         f"    audiences = {_lua_set(issuer.audiences)},",
         f"    algorithms = {_lua_set(issuer.algorithms)},",
         f"    not_after_now = {_lua_list(issuer.not_after_now)},",
@@ -376,27 +400,30 @@ def _lua_issuer(issuer: FastIssuer) -> list[str]:
         f"    client_id = {_lua_opt(issuer.client_id)},",
         "    claims = {"
         + ", ".join(_lua_list(name.split(".")) for name in issuer.client_id_claims) + "},",
-        f"    token_type = {_lua_string(issuer.token_type)},",
+        f"    token_type = {lua_string(issuer.token_type)},",
         "  },",
     ]
 
 
 def lua_source(issuers: Sequence[FastIssuer], tenants: Sequence[FastTenant],
-               clock_skew_s: float, lease_until: int) -> str:
+               clock_skew_s: float, lease_until: int, exhausted: Exhausted | None = None
+               ) -> str:
     """The Lua filter's code: constants, the issuers, the tenant table, the fixed logic.
 
-    Every value is a Lua string literal built by _lua_string (no text from Vault or a
+    Every value is a Lua string literal built by lua_string (no text from Vault or a
     setting is ever spliced in raw). No issuer with keys: the no-op, all to ext_authz.
     """
     served = [issuer for issuer in issuers if issuer.keys]
     if not served:
         return NOOP_LUA
+    ordered = sorted(tenants, key=lambda t: t.client_id)
+    policy_lines, policy_refs = policy_tables([t.policy for t in ordered])
     lines = [
         "-- Generated by authz/fastpath/resources.py: the fast path's tenant table.",
-        f"local JWT_NAMESPACE = {_lua_string(JWT_METADATA_NAMESPACE)}",
-        f"local LOG_NAMESPACE = {_lua_string(LOG_NAMESPACE)}",
-        f"local DECIDED_NAMESPACE = {_lua_string(DECIDED_NAMESPACE)}",
-        f"local DECIDED_KEY = {_lua_string(DECIDED_KEY)}",
+        f"local JWT_NAMESPACE = {lua_string(JWT_METADATA_NAMESPACE)}",
+        f"local LOG_NAMESPACE = {lua_string(LOG_NAMESPACE)}",
+        f"local DECIDED_NAMESPACE = {lua_string(DECIDED_NAMESPACE)}",
+        f"local DECIDED_KEY = {lua_string(DECIDED_KEY)}",
         f"local SKEW = {int(clock_skew_s)}",
         f"local MAX_TOKEN = {MAX_TOKEN_BYTES}",
         f"local MAX_BODY = {MAX_CHECKED_BODY_BYTES}",
@@ -405,15 +432,17 @@ def lua_source(issuers: Sequence[FastIssuer], tenants: Sequence[FastTenant],
         "local ISSUERS = {",
         *(line for issuer in served for line in _lua_issuer(issuer)),
         "}",
+        *policy_lines,
         "local TENANTS = {",
         *(
-            f"  [{_lua_string(t.client_id)}] = {{{_lua_string('Bearer ' + t.api_key)}, "
-            f"{_lua_opt(t.organization)}, {_lua_opt(t.project)}}},"
-            for t in sorted(tenants, key=lambda t: t.client_id)
+            f"  [{lua_string(t.client_id)}] = {{{lua_string('Bearer ' + t.api_key)}, "
+            f"{_lua_opt(t.organization)}, {_lua_opt(t.project)}, {ref}}},"
+            for t, ref in zip(ordered, policy_refs, strict=True)
         ),
         "}",
+        *exhausted_table(exhausted or {}),
     ]
-    return "\n".join(lines) + _LUA_BODY
+    return "\n".join(lines) + GOVERNANCE_LUA + _LUA_BODY
 
 
 def lua_config(source: str) -> lua_pb2.Lua:
@@ -434,11 +463,14 @@ def build_resources(
     tenants: Sequence[FastTenant],
     clock_skew_s: float,
     lease_until: int,
+    exhausted: Exhausted | None = None,
 ) -> dict[str, extension_pb2.TypedExtensionConfig]:
     """Both ECDS resources by name. An issuer without keys is left out of both (its
-    tokens go to ext_authz); with none left, both filters decide nothing."""
+    tokens go to ext_authz); with none left, both filters decide nothing. `exhausted`:
+    the tenants and users whose tokens for the day are used up (governance_lua.py)."""
     return {
         JWT_FILTER: extension_config(JWT_FILTER, jwt_authn_config(issuers, clock_skew_s)),
         LUA_FILTER: extension_config(
-            LUA_FILTER, lua_config(lua_source(issuers, tenants, clock_skew_s, lease_until))),
+            LUA_FILTER, lua_config(lua_source(issuers, tenants, clock_skew_s, lease_until,
+                                           exhausted))),
     }

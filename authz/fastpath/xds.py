@@ -5,7 +5,9 @@ State of the world, one version for all resources. Envoy subscribes to each filt
 config by name (ECDS); every change (new Firebase keys, a tenant put, rotated or removed
 in Vault, `authz cache invalidate`) bumps the version and is pushed to every stream.
 Vault is polled every `poll_s` (1 s), so a rotation reaches Envoy within about 1 s plus
-a Vault read; an invalidation triggers a poll at once.
+a Vault read; an invalidation triggers a poll at once. Each poll also asks the limiter
+which tenants and users with a token budget have used it up today (`exhausted`), so
+Envoy stops serving them alone within about a second of the usage that used it up.
 
 The Lua config carries a lease (a wall-clock deadline): renewed with a push every
 `renew_s`, it runs `lease_s` to `lease_s + renew_s` ahead. If this service dies or is
@@ -24,7 +26,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -32,8 +34,10 @@ from envoy.config.core.v3 import extension_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from authz.errors import VaultUnavailable
+from authz.fastpath.governance_lua import Exhausted
 from authz.fastpath.resources import FastIssuer, FastTenant, build_resources
 from authz.fastpath.tenants import TenantSource
+from authz.governance.model import Limits
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +143,11 @@ class FastPathControl:
         issuers: Callable[[], Sequence[FastIssuer]],
         *,
         clock_skew_s: float,
+        exhausted: Callable[[Mapping[str, Limits]], Awaitable[Exhausted]] | None = None,
         poll_s: float = 1.0,
         lease_s: float = 10.0,
         renew_s: float = 5.0,
+        budget_delay_s: float = 0.1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ads = ads
@@ -152,15 +158,27 @@ class FastPathControl:
         self._lease_s = lease_s
         self._renew_s = renew_s
         self._clock = clock
+        self._exhausted_of = exhausted
         self._last_tenants: list[FastTenant] = []
+        self._last_exhausted: Exhausted = {}
         self._last_content: tuple[object, ...] = ()
         self._vault_failing = False
         self._poke = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._budgeted: frozenset[str] = frozenset()
+        self._budget_poke = asyncio.Event()
+        self._budget_delay_s = budget_delay_s
+        self._tasks: list[asyncio.Task[None]] = []
 
     def poke(self) -> None:
         """Re-read now (after `authz cache invalidate`)."""
         self._poke.set()
+
+    def settled(self, client_id: str) -> None:
+        """A request of `client_id` was metered (the limiter calls this for every one):
+        for a tenant with a token budget, the budget state is read again shortly, so a
+        budget used up reaches Envoy in well under the poll period."""
+        if client_id in self._budgeted:
+            self._budget_poke.set()
 
     async def refresh(self) -> None:
         try:
@@ -174,20 +192,49 @@ class FastPathControl:
                 log.warning("fast path: vault unreadable, keeping the last tenant set",
                             extra={"cause": exc.log_detail})
             self._vault_failing = True
+        await self._refresh_exhausted()
+        self._publish()
+
+    async def refresh_budgets(self) -> None:
+        """Read the budget state alone, and push only if it changed."""
+        before = self._last_exhausted
+        await self._refresh_exhausted()
+        if self._last_exhausted != before:
+            self._publish()
+
+    def _publish(self) -> None:
         issuers = self._issuers()
         # Rounded up to whole renew periods: one push per period, not one per poll.
         lease_until = int(math.ceil((self._clock() + self._lease_s) / self._renew_s)
                           * self._renew_s)
         changed = self.ads.update(build_resources(
-            issuers, self._last_tenants, self._skew, lease_until))
-        content = (tuple(self._last_tenants),
+            issuers, self._last_tenants, self._skew, lease_until, self._last_exhausted))
+        content = (tuple(self._last_tenants), tuple(sorted(self._last_exhausted.items())),
                    tuple((i.name, tuple(sorted(i.keys))) for i in issuers))
         if changed and content != self._last_content:
             log.info("fast path config updated", extra={
                 "version": self.ads.version, "tenants": len(self._last_tenants),
                 "issuers": {i.name: len(i.keys) for i in issuers},
+                "budgets_used_up": len(self._last_exhausted),
                 "lease_until": lease_until})
         self._last_content = content
+
+    async def _refresh_exhausted(self) -> None:
+        """The tenants and users of served tenants whose token budget is used up."""
+        if self._exhausted_of is None:
+            return
+        budgets = {t.client_id: t.policy.limits for t in self._last_tenants
+                   if t.policy is not None and (t.policy.limits.user_tokens_per_day is not None
+                                                or t.policy.limits.tenant_tokens_per_day
+                                                is not None)}
+        self._budgeted = frozenset(budgets)
+        try:
+            self._last_exhausted = await self._exhausted_of(budgets) if budgets else {}
+        except Exception:
+            # Never serve past a budget on stale counts: budgeted tenants go to ext_authz.
+            log.exception("fast path: budget state unreadable; budgeted tenants go to "
+                          "ext_authz")
+            self._last_exhausted = dict.fromkeys(budgets, True)
 
     async def run(self) -> None:
         while True:
@@ -199,16 +246,30 @@ class FastPathControl:
                 await asyncio.wait_for(self._poke.wait(), self._poll_s)
             self._poke.clear()
 
+    async def run_budgets(self) -> None:
+        while True:
+            await self._budget_poke.wait()
+            # Gathers the settlements of a burst into one read, and lets the limiter
+            # write them to Redis first (it flushes every 50 ms).
+            await asyncio.sleep(self._budget_delay_s)
+            self._budget_poke.clear()
+            try:
+                await self.refresh_budgets()
+            except Exception:
+                log.exception("fast path budget refresh failed")
+
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self.run())
+        if not self._tasks:
+            self._tasks = [asyncio.ensure_future(self.run()),
+                           asyncio.ensure_future(self.run_budgets())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
 
 
 def add_to_server(ads: AdsServer, server: grpc.aio.Server) -> None:

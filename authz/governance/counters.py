@@ -18,7 +18,7 @@ loop thread, so LocalStore needs no lock.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -293,6 +293,19 @@ class LocalStore:
 
     def usage_now(self, client_id: str, day: str) -> TenantUsage:
         return self._usage.get((day, client_id)) or TenantUsage()
+
+    def used_up(self, day: str, budgets: Mapping[str, Limits]
+                ) -> dict[str, tuple[int, frozenset[str]]]:
+        """Per tenant: its total tokens on `day`, and the users whose own total has
+        reached their budget (as RedisStore.used_up)."""
+        found = {}
+        for client_id, limits in budgets.items():
+            usage = self._usage.get((day, client_id)) or TenantUsage()
+            budget = limits.user_tokens_per_day
+            users = frozenset() if budget is None else frozenset(
+                user for user, used in usage.users.items() if used.total_tokens >= budget)
+            found[client_id] = (usage.total_tokens, users)
+        return found
 
     def in_flight(self, client_id: str, user: str) -> int:
         return self._in_flight.get((client_id, user), 0)

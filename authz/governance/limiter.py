@@ -38,7 +38,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from authz.errors import RateLimitExceeded, TokenBudgetExhausted
@@ -196,6 +196,8 @@ class GovernanceLimiter:
         self._unapplied_user: dict[tuple[str, str], int] = {}
         self._unapplied_tenant: dict[str, int] = {}
         self.admitted_without_waiting = 0
+        #: Told the tenant of every metered request (the fast path's budget state).
+        self.on_settled: Callable[[str], None] | None = None
         if redis is not None:
             self.events.store_up(True)
 
@@ -362,6 +364,8 @@ class GovernanceLimiter:
         settlement = Settlement(done.client_id, done.user, done.lease,
                                 max(0, done.reserved_tokens), input_tokens, output_tokens,
                                 utc_day(self.clock()))
+        if self.on_settled is not None:
+            self.on_settled(done.client_id)
         if self.redis is None:
             self.local.settle_now(settlement)
             return
@@ -480,3 +484,27 @@ class GovernanceLimiter:
         if report is None:
             report = self.local.usage_now(client_id, day)
         return report.report(client_id, day, user)
+
+    async def exhausted(self, budgets: Mapping[str, Limits]
+                        ) -> dict[str, bool | frozenset[str]]:
+        """For the fast path (which admits without reserving): of each tenant with a
+        token budget, True when the tenant's tokens for today are used up, else the set
+        of its users whose own are (empty sets left out). From Redis when it answers,
+        so it holds every replica's usage."""
+        day = utc_day(self.clock())
+        totals = None
+        if self.redis is not None and self.redis_up:
+            try:
+                totals = await self.redis.used_up(day, budgets)
+            except Exception as exc:
+                self._redis_down(exc)
+        if totals is None:
+            totals = self.local.used_up(day, budgets)
+        found: dict[str, bool | frozenset[str]] = {}
+        for client_id, (total, users) in totals.items():
+            budget = budgets[client_id].tenant_tokens_per_day
+            if budget is not None and total >= budget:
+                found[client_id] = True
+            elif users:
+                found[client_id] = users
+        return found

@@ -124,6 +124,15 @@ class Policy:
     def allows_all_endpoints(self) -> bool:
         return self.endpoints == "all"
 
+    @property
+    def exact_rules(self) -> frozenset[tuple[str, str]]:
+        """(method or "*", path) of every rule that is not a prefix (profiles expanded)."""
+        return self._exact
+
+    @property
+    def prefix_rules(self) -> tuple[Rule, ...]:
+        return self._prefixes
+
     def allows_endpoint(self, method: str, path: str | None) -> bool:
         """path: the normalised OpenAI path (endpoints.openai_path), None if odd."""
         if self.endpoints == "all":

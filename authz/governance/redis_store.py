@@ -13,13 +13,15 @@ shard); usage keys carry the UTC day and expire.
     gov:{c}:rpm               zset  the tenant's sliding minute
     gov:{c}:usage:<day>       hash  requests, input_tokens, output_tokens, total_tokens
     gov:{c}:users:<day>       hash  <user>\\n<field> -> the same per user
+    gov:{c}:ranks:<day>       zset  <user> -> total tokens (the fast path reads the users
+                                    past a budget from it without reading every user)
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -149,8 +151,8 @@ return {'', redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[4]),
         user_tokens(), tenant_tokens()}
 """
 
-# KEYS: 1 inflight, 2 held, 3 usage, 4 users usage. ARGV: 1 now_ms, 2 lease member
-# ('' = none), 3 user, 4 input, 5 output, 6 usage ttl (s).
+# KEYS: 1 inflight, 2 held, 3 usage, 4 users usage, 5 user ranks. ARGV: 1 now_ms,
+# 2 lease member ('' = none), 3 user, 4 input, 5 output, 6 usage ttl (s).
 _SETTLE = _EXPIRE + """
 expire_leases()
 if ARGV[2] ~= '' and redis.call('ZREM', KEYS[1], ARGV[2]) == 1 then
@@ -166,8 +168,10 @@ redis.call('HINCRBY', KEYS[4], user .. '\\nrequests', 1)
 redis.call('HINCRBY', KEYS[4], user .. '\\ninput_tokens', input)
 redis.call('HINCRBY', KEYS[4], user .. '\\noutput_tokens', output)
 redis.call('HINCRBY', KEYS[4], user .. '\\ntotal_tokens', input + output)
+redis.call('ZINCRBY', KEYS[5], input + output, user)
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('EXPIRE', KEYS[4], ARGV[6])
+redis.call('EXPIRE', KEYS[5], ARGV[6])
 return 1
 """
 
@@ -180,6 +184,10 @@ def _keys(client_id: str) -> tuple[str, str]:
 def _usage_keys(client_id: str, day: str) -> tuple[str, str]:
     tag = "{" + client_id + "}"
     return f"gov:{tag}:usage:{day}", f"gov:{tag}:users:{day}"
+
+
+def _ranks_key(client_id: str, day: str) -> str:
+    return "gov:{" + client_id + "}:ranks:" + day
 
 
 def _limit(value: int | None) -> int:
@@ -308,8 +316,9 @@ class RedisStore:
                     self._settle_parts.clear()
                 inflight, held = _keys(s.client_id)
                 usage, users = _usage_keys(s.client_id, s.day)
-                head = (b"*13\r\n" + b"".join(bulk(a) for a in (
-                    "EVALSHA", self._shas[_SETTLE], 4, inflight, held, usage, users)),
+                head = (b"*14\r\n" + b"".join(bulk(a) for a in (
+                    "EVALSHA", self._shas[_SETTLE], 5, inflight, held, usage, users,
+                    _ranks_key(s.client_id, s.day))),
                     bulk(s.user))
                 self._settle_parts[(s.client_id, s.user, s.day)] = head
             member = lease_member(s.lease, s.reserved, s.user) if s.lease else ""
@@ -335,6 +344,25 @@ class RedisStore:
             if name in _FIELDS:
                 setattr(report.users.setdefault(user, UserUsage()), name, int(raw_value))
         return report
+
+    async def used_up(self, day: str, budgets: Mapping[str, Limits]
+                      ) -> dict[str, tuple[int, frozenset[str]]]:
+        """Per tenant: its total tokens today, and the users whose own total has reached
+        their budget (read from the ranks, not from every user). One round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for client_id, limits in budgets.items():
+            pipe.hget(_usage_keys(client_id, day)[0], "total_tokens")
+            if limits.user_tokens_per_day is not None:
+                pipe.zrangebyscore(_ranks_key(client_id, day), limits.user_tokens_per_day,
+                                   "+inf")
+        results = iter(await pipe.execute())
+        found = {}
+        for client_id, limits in budgets.items():
+            total = int(next(results) or 0)
+            users = (frozenset(_text(u) for u in next(results))
+                     if limits.user_tokens_per_day is not None else frozenset())
+            found[client_id] = (total, users)
+        return found
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())

@@ -326,17 +326,141 @@ def test_client_keys_still_work_through_ext_authz(fast_relay, vault, upstream, t
         authz("keys", "revoke", "acme", issued["key_id"], env=vault.env)
 
 
-def test_a_governed_tenant_stays_on_ext_authz(fast_relay, vault, upstream, token_for):
-    vault.put_tenant("governed", "sk-governed-0123456789abcd",
-                     extra={"policy": {"endpoints": "inference"}})
+def test_a_tenant_with_a_per_request_limit_stays_on_ext_authz(fast_relay, vault, upstream,
+                                                                token_for):
+    """Request-rate and concurrency limits need a count per request: the service's."""
+    vault.put_tenant("counted", "sk-counted-0123456789abcdef",
+                     extra={"policy": {"limits": {"user_requests_per_minute": 1000}}})
     try:
         # Long enough for a push that (wrongly) included it to land.
         time.sleep(PUSH_DEADLINE_S)  # the absence of a push cannot be awaited
         with Paths(fast_relay) as paths:
-            assert get(fast_relay, bearer(token_for("governed"))).status_code == 200
+            assert get(fast_relay, bearer(token_for("counted"))).status_code == 200
         assert (paths.fast, paths.authz) == (0, 1)
     finally:
+        vault.delete_tenant("counted")
+
+
+GOVERNED = {"endpoints": ["GET /v1/models", "POST /v1/embeddings", "POST /v1/chat/completions",
+                          "GET /v1/models/*"],
+            "models": ["text-embedding-3-*", "gpt-4o-mini"]}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def send(relay: RelayStack, token: str, method: str, path: str,
+         body: bytes | None = None) -> httpx.Response:
+    headers = {**bearer(token), "content-type": "application/json"}
+    with httpx.Client(timeout=20) as client:
+        return client.request(method, relay.api_base + path, headers=headers, content=body)
+
+
+@pytest.fixture
+def governed(fast_relay, vault, upstream, token_for) -> Iterator[str]:
+    """A tenant with endpoint rules and a model allow-list, once Envoy serves it."""
+    vault.put_tenant("governed", "sk-governed-0123456789abcd", extra={"policy": GOVERNED})
+    token = token_for("governed")
+    try:
+        seconds_until(lambda: fast_served_key(fast_relay, upstream, token) is not None,
+                      PUSH_DEADLINE_S)
+        upstream.clear()
+        yield token
+    finally:
         vault.delete_tenant("governed")
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/models", None),
+    ("POST", "/embeddings", b'{"model": "text-embedding-3-small", "input": "hi"}'),
+    ("POST", "/chat/completions", json.dumps(CHAT).encode()),
+    ("POST", "/chat/completions", json.dumps({**CHAT, "metadata": {"model": "gpt-4o"}},
+                                             ensure_ascii=False).encode()),
+    ("GET", "/models/gpt-4o-mini", None),
+])
+def test_what_the_policy_allows_envoy_serves_alone(fast_relay, upstream, governed, method,
+                                                  path, body):
+    with Paths(fast_relay) as paths:
+        response = send(fast_relay, governed, method, path, body)
+    assert response.status_code == 200, response.text
+    assert (paths.fast, paths.authz) == (1, 0)
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "error"), [
+    ("GET", "/files", None, 403, "Endpoint not allowed"),
+    ("DELETE", "/models/gpt-4o-mini", None, 403, "Endpoint not allowed"),
+    ("POST", "/responses", json.dumps(CHAT).encode(), 403, "Endpoint not allowed"),
+    ("GET", "/models/../files", None, 403, "Endpoint not allowed"),
+    ("POST", "/chat/completions", json.dumps({**CHAT, "model": "gpt-4o"}).encode(), 403,
+     "Model not allowed"),
+    ("POST", "/embeddings", b'{"input": "hi"}', 403, "Model not allowed"),
+    ("POST", "/embeddings", b'{"model": "text-embedding-3-small", "model": "gpt-4o"}', 400,
+     "Bad request"),
+    ("POST", "/embeddings", b'{"model": "text-embedding-3-small", "x": NaN}', 400,
+     "Bad request"),
+    ("POST", "/embeddings", b'{"model": "text-embedding-3-small"', 400, "Bad request"),
+    ("POST", "/embeddings", b'{"model": "text-embedding-3-small", "x": "\xed\xa0\x80"}',
+     400, "Bad request"),
+])
+def test_what_the_policy_refuses_the_service_answers(fast_relay, upstream, governed, method,
+                                                     path, body, status, error):
+    """Envoy only proves requests allowed: a refusal is the service's, with its body."""
+    with Paths(fast_relay) as paths:
+        response = send(fast_relay, governed, method, path, body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error
+    assert (paths.fast, paths.authz) == (0, 1)
+    assert upstream.requests == []
+
+
+def test_a_used_up_token_budget_reaches_envoy_within_2s(fast_relay, vault, upstream,
+                                                       token_for):
+    vault.put_tenant("budgeted", "sk-budgeted-0123456789abcd",
+                     extra={"policy": {"limits": {"user_tokens_per_day": 40}}})
+    spender, saver = token_for("budgeted", uid="spender"), token_for("budgeted", uid="saver")
+    url = (f"http://127.0.0.1:{fast_relay.metrics_port}/admin/usage?client_id=budgeted"
+           "&user=spender")
+
+    def used() -> int:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            report = json.load(answer)
+        return int(report["users"].get("spender", {}).get("total_tokens", 0))
+
+    try:
+        seconds_until(lambda: fast_served_key(fast_relay, upstream, spender) is not None,
+                      PUSH_DEADLINE_S)
+        for _ in range(20):
+            before = used()
+            if before >= 40:
+                break
+            with Paths(fast_relay) as paths:
+                response = send(fast_relay, spender, "POST", "/chat/completions",
+                                json.dumps(CHAT).encode())
+            assert response.status_code == 200, response.text
+            assert paths.fast == 1  # under budget: Envoy alone, reserving nothing
+            reported = int(response.json()["usage"]["total_tokens"])
+            assert reported > 0
+            seconds_until(lambda b=before + reported: used() == b, 5)  # metered exactly
+        else:
+            pytest.fail("the budget was never used up")
+        # From the usage that used it up reaching the service, to Envoy handing the
+        # user back to the service: the budget's state is pushed within 2 s.
+        assert seconds_until(lambda: "spender" in fast_relay.fast_path_used_up("budgeted"),
+                             PUSH_DEADLINE_S) <= PUSH_DEADLINE_S
+        upstream.clear()
+        with Paths(fast_relay) as paths:
+            refused = send(fast_relay, spender, "POST", "/chat/completions",
+                           json.dumps(CHAT).encode())
+        assert refused.status_code == 429
+        assert refused.json() == {"error": "Token budget exhausted",
+                                  "details": "user_tokens_per_day"}
+        assert (paths.fast, paths.authz) == (0, 1)
+        assert upstream.requests == []
+        # Another user of the tenant has a budget of their own, still served by Envoy.
+        with Paths(fast_relay) as paths:
+            assert send(fast_relay, saver, "GET", "/models").status_code == 200
+        assert paths.fast == 1
+    finally:
+        vault.delete_tenant("budgeted")
 
 
 def fast_served_key(relay: RelayStack, upstream, token: str) -> str | None:

@@ -142,13 +142,20 @@ def test_budget_usage_and_day_reset_in_redis(redis_server: RedisServer) -> None:
                 "users": {"b1": {"requests": 3, "input_tokens": 45, "output_tokens": 55,
                                  "total_tokens": 100}}}
             assert (await limiter.usage("globex"))["total_tokens"] == 7
-            # A second replica reads the same ledger.
+            # A second replica reads the same ledger, and so does its fast path: the
+            # users (and tenants) past a budget, from the ranks.
             other = make(redis_server, clock)
             assert (await other.usage("acme", "b1"))["requests"] == 3
+            budgets = {"acme": budget, "globex": Limits(tenant_tokens_per_day=7),
+                       "initech": Limits(user_tokens_per_day=1)}
+            expected = {"acme": frozenset({"b1"}), "globex": True}
+            assert await other.exhausted(budgets) == expected
+            assert await limiter.exhausted(budgets) == expected
             await other.close()
             clock.now = NOON + 12 * 3600
             await limiter.admit("acme", "b1", budget, 0)
             assert (await limiter.usage("acme"))["requests"] == 0
+            assert await limiter.exhausted(budgets) == {}
         finally:
             await limiter.close()
 

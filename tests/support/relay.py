@@ -175,6 +175,25 @@ class RelayStack:
             time.sleep(0.05)  # readiness poll interval
         raise TimeoutError(f"Envoy never accepted the fast path config:\n{self.logs()}")
 
+    def fast_path_used_up(self, client_id: str) -> str:
+        """The fast path's budget entry for a tenant in the config Envoy runs now
+        (config_dump: the Lua's EXHAUSTED table): "" when it has none."""
+        import re
+
+        import httpx2 as httpx
+
+        dump = httpx.get(f"{self.admin_url}/config_dump?resource=ecds_filters",
+                         timeout=5).json()
+        for config in dump.get("configs", []):
+            source = (config.get("ecds_filter", {}).get("typed_config", {})
+                      .get("default_source_code", {}).get("inline_string", ""))
+            if "local EXHAUSTED = {" in source:
+                table = source.split("local EXHAUSTED = {", 1)[1].split("\n}", 1)[0]
+                found = re.search(r'^  \["' + re.escape(client_id) + r'"\] = (.*),$',
+                                  table, re.MULTILINE)
+                return found.group(1) if found else ""
+        return ""
+
     def start(self) -> RelayStack:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.start_authz()

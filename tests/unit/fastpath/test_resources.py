@@ -23,7 +23,8 @@ from authz.fastpath.resources import (
     lua_source,
     oidc_issuer,
 )
-from authz.fastpath.tenants import is_plain_policy, tenant_from_record
+from authz.fastpath.tenants import served_policy, tenant_from_record
+from authz.governance.policy import ALLOW_ALL, parse_policy
 
 PROJECT = "demo-relay"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
@@ -90,8 +91,8 @@ def test_without_an_issuer_with_keys_nothing_is_verified(issuers):
 
 def test_lua_holds_the_tenant_table_and_the_settings():
     source = lua_source([firebase(), OIDC], TENANTS, 30, LEASE)
-    assert '["acme"] = {"Bearer sk-acme-1", false, false},' in source
-    assert '["globex"] = {"Bearer sk-globex-2", "org-g", false},' in source
+    assert '["acme"] = {"Bearer sk-acme-1", false, false, false},' in source
+    assert '["globex"] = {"Bearer sk-globex-2", "org-g", false, false},' in source
     assert '    claims = {{"clientId"}, {"firebase", "tenant"}},' in source
     assert '    iss = "https://securetoken.google.com/demo-relay",' in source
     assert '    exact_audience = "demo-relay",' in source
@@ -149,23 +150,30 @@ def test_tenant_table_is_sorted_so_equal_inputs_give_equal_configs():
         n: r.SerializeToString(deterministic=True) for n, r in second.items()}
 
 
-@pytest.mark.parametrize(("policy", "default_is_plain", "plain"), [
-    (None, True, True),
-    (None, False, False),
-    ({"endpoints": "all"}, False, True),
-    ('{"endpoints": "all"}', True, True),
-    ({"endpoints": "inference"}, True, False),
-    ({"endpoints": "all", "models": ["gpt-4o-mini"]}, True, False),
+INFERENCE = parse_policy({"endpoints": "inference"})
+BUDGETS = parse_policy({"limits": {"user_tokens_per_day": 10}})
+
+
+@pytest.mark.parametrize(("policy", "default", "served"), [
+    (None, ALLOW_ALL, ALLOW_ALL),
+    (None, INFERENCE, INFERENCE),
+    ({"endpoints": "all"}, INFERENCE, ALLOW_ALL),
+    ('{"endpoints": "inference"}', ALLOW_ALL, INFERENCE),
     # Parsed as governance parses it: no limit set is the plain policy...
-    ({"endpoints": "all", "limits": {}}, True, True),
-    # ...one limit is not (ext_authz counts it).
-    ({"endpoints": "all", "limits": {"user_requests_per_minute": 5}}, True, False),
-    ({"endpoints": "all", "unknown": 1}, True, False),
-    ("not json", True, False),
-    (["all"], True, False),
+    ({"endpoints": "all", "limits": {}}, ALLOW_ALL, ALLOW_ALL),
+    # ...token budgets are enforced in Envoy from pushed counts...
+    ({"limits": {"user_tokens_per_day": 10}}, ALLOW_ALL, BUDGETS),
+    # ...but a limit counted per request is not: ext_authz counts it.
+    ({"endpoints": "all", "limits": {"user_requests_per_minute": 5}}, ALLOW_ALL, None),
+    ({"limits": {"tenant_requests_per_minute": 5}}, ALLOW_ALL, None),
+    ({"limits": {"user_concurrent_requests": 1}}, ALLOW_ALL, None),
+    (None, parse_policy({"limits": {"user_concurrent_requests": 1}}), None),
+    ({"endpoints": "all", "unknown": 1}, ALLOW_ALL, None),
+    ("not json", ALLOW_ALL, None),
+    (["all"], ALLOW_ALL, None),
 ])
-def test_only_plain_policies_are_served(policy, default_is_plain, plain):
-    assert is_plain_policy(policy, default_is_plain=default_is_plain) is plain
+def test_the_policy_envoy_enforces(policy, default, served):
+    assert served_policy(policy, default) == served
 
 
 @pytest.mark.parametrize(("client_id", "data", "expected"), [
@@ -175,7 +183,9 @@ def test_only_plain_policies_are_served(policy, default_is_plain, plain):
     ("acme", {"organization": "org"}, None),
     ("acme", None, None),
     ("..", {"api_key": "sk-1"}, None),
-    ("acme", {"api_key": "sk-1", "policy": {"endpoints": "inference"}}, None),
+    ("acme", {"api_key": "sk-1", "policy": {"endpoints": "inference"}},
+     FastTenant("acme", "sk-1", policy=INFERENCE)),
+    ("acme", {"api_key": "sk-1", "policy": {"limits": {"user_requests_per_minute": 1}}}, None),
 ])
 def test_tenant_records_are_read_as_the_service_reads_them(client_id, data, expected):
     assert tenant_from_record(client_id, data) == expected

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from envoy.config.core.v3 import extension_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
@@ -14,6 +15,7 @@ from authz.errors import VaultUnavailable
 from authz.fastpath.blocks import JWT_FILTER, LUA_FILTER
 from authz.fastpath.resources import FastIssuer, FastTenant, firebase_issuer
 from authz.fastpath.xds import EXTENSION_CONFIG_TYPE, AdsServer, FastPathControl
+from authz.governance.policy import parse_policy
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
 
@@ -157,5 +159,42 @@ def test_the_lease_is_renewed_with_one_push_per_period():
         now[0] = 1006.0  # next period: the lease moves to 1020, pushed
         await control.refresh()
         assert ads.version == 2
+
+    asyncio.run(scenario())
+
+
+def test_used_up_budgets_are_pushed_and_an_unreadable_state_sends_budgets_to_ext_authz():
+    async def scenario() -> None:
+        ads, tenants = AdsServer(), FakeTenants()
+        budget = parse_policy({"limits": {"user_tokens_per_day": 10}})
+        tenants.tenants = [FastTenant("acme", "sk-1", policy=budget), FastTenant("free", "sk-2")]
+        asked: list[dict[str, object]] = []
+        state: dict[str, object] = {}
+
+        async def exhausted(budgets):  # type: ignore[no-untyped-def]
+            asked.append(dict(budgets))
+            if state.get("fail"):
+                raise ConnectionError("redis")
+            return dict(state)
+
+        control = FastPathControl(ads, tenants, issuers,  # type: ignore[arg-type]
+                                  clock_skew_s=30, exhausted=exhausted)
+
+        def lua() -> str:
+            extension, config = extension_pb2.TypedExtensionConfig(), lua_pb2.Lua()
+            ads._response(EXTENSION_CONFIG_TYPE, [LUA_FILTER]).resources[0].Unpack(extension)
+            extension.typed_config.Unpack(config)
+            return str(config.default_source_code.inline_string)
+
+        await control.refresh()
+        assert asked == [{"acme": budget.limits}]  # only tenants with a budget are asked
+        assert '["acme"] = {' not in lua().split("local EXHAUSTED = {", 1)[1].split("}")[0]
+        state["acme"] = frozenset({"u1"})
+        await control.refresh()
+        assert ads.version == 2
+        assert '["acme"] = {["u1"] = true},' in lua()
+        state["fail"] = True
+        await control.refresh()
+        assert '["acme"] = true,' in lua()  # the whole tenant to ext_authz
 
     asyncio.run(scenario())

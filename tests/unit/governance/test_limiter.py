@@ -322,3 +322,21 @@ def test_a_request_redis_could_not_count_is_settled_here_and_its_usage_copied(cl
         assert (copy.lease, copy.input_tokens, copy.output_tokens) == ("", 2, 3)
 
     run(scenario())
+
+
+def test_exhausted_names_tenants_and_users_whose_budget_is_used_up(limiter, clock) -> None:
+    """What the fast path is pushed: requests Envoy served alone reserve nothing, so only
+    settled usage counts; a new day clears it."""
+    async def scenario() -> None:
+        await limiter.settle(done(None, user="u1", input_tokens=60, output_tokens=40))
+        await limiter.settle(done(None, user="u2", input_tokens=99))
+        await limiter.settle(done(None, client_id="globex", user="g", input_tokens=500))
+        budgets = {"acme": Limits(user_tokens_per_day=100),
+                   "globex": Limits(user_tokens_per_day=1000, tenant_tokens_per_day=500),
+                   "idle": Limits(tenant_tokens_per_day=1)}
+        assert await limiter.exhausted(budgets) == {"acme": frozenset({"u1"}),
+                                                    "globex": True}
+        clock.now = NOON + 12 * 3600
+        assert await limiter.exhausted(budgets) == {}
+
+    run(scenario())

@@ -43,8 +43,9 @@ def test_settlements_are_encoded_as_the_whole_command_would_be() -> None:
                    Settlement("acme", "u1", "", 0, 3, 4, "2026-12-04")]
     asyncio.run(store.settle_many(settlements, now_ms=77))
     assert sent == [[encode((
-        "EVALSHA", store._shas[_SETTLE], 4, "gov:{acme}:inflight", "gov:{acme}:held",
-        "gov:{acme}:usage:2026-12-04", "gov:{acme}:users:2026-12-04", 77, member, "u1",
+        "EVALSHA", store._shas[_SETTLE], 5, "gov:{acme}:inflight", "gov:{acme}:held",
+        "gov:{acme}:usage:2026-12-04", "gov:{acme}:users:2026-12-04",
+        "gov:{acme}:ranks:2026-12-04", 77, member, "u1",
         i, o, USAGE_TTL_S)) for member, i, o in (("r9|40|u1", 10, 20), ("", 3, 4))]]
 
 
