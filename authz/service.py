@@ -253,7 +253,7 @@ async def serve(settings: Settings) -> None:
         def invalidate_on_loop(client_id: str | None) -> None:
             loop.call_soon_threadsafe(service.invalidate, client_id)
             if fast_path is not None:
-                loop.call_soon_threadsafe(fast_path.poke)
+                loop.call_soon_threadsafe(fast_path.poke, client_id)
 
         def usage_on_loop(client_id: str, user: str | None) -> dict[str, object]:
             # The ledger lives on the event loop (and may read Redis): ask it there.

@@ -4,10 +4,13 @@ port) that serves Envoy the two extension configs, and the loop that keeps them 
 State of the world, one version for all resources. Envoy subscribes to each filter's
 config by name (ECDS); every change (new Firebase keys, a tenant put, rotated or removed
 in Vault, `authz cache invalidate`) bumps the version and is pushed to every stream.
-Vault is polled every `poll_s` (1 s), so a rotation reaches Envoy within about 1 s plus
-a Vault read; an invalidation triggers a poll at once. Each poll also asks the limiter
-which tenants and users with a token budget have used it up today (`exhausted`), so
-Envoy stops serving them alone within about a second of the usage that used it up.
+Vault is polled every `poll_s` (1 s): the tenants' change log, and the tenants written
+since (tenants.py), so a rotation reaches Envoy within about 1 s plus a Vault read
+whatever the number of tenants; an invalidation triggers a poll at once, for the tenant
+it names. The budget state (which tenants and users with a token budget have used it up
+today, from the limiter) is read at each poll and shortly after each metered request of
+a budgeted tenant, so Envoy stops serving them alone within a fraction of a second of
+the usage that used the budget up.
 
 The Lua config carries a lease (a wall-clock deadline): renewed with a push every
 `renew_s`, it runs `lease_s` to `lease_s + renew_s` ahead. If this service dies or is
@@ -164,13 +167,19 @@ class FastPathControl:
         self._last_content: tuple[object, ...] = ()
         self._vault_failing = False
         self._poke = asyncio.Event()
+        self._named: set[str] = set()
+        self._everything = False
         self._budgeted: frozenset[str] = frozenset()
         self._budget_poke = asyncio.Event()
         self._budget_delay_s = budget_delay_s
         self._tasks: list[asyncio.Task[None]] = []
 
-    def poke(self) -> None:
-        """Re-read now (after `authz cache invalidate`)."""
+    def poke(self, client_id: str | None = None) -> None:
+        """Re-read now (after `authz cache invalidate`): that tenant, or all of them."""
+        if client_id is None:
+            self._everything = True
+        else:
+            self._named.add(client_id)
         self._poke.set()
 
     def settled(self, client_id: str) -> None:
@@ -181,12 +190,18 @@ class FastPathControl:
             self._budget_poke.set()
 
     async def refresh(self) -> None:
+        named, everything = frozenset(self._named), self._everything
+        self._named.clear()
+        self._everything = False
         try:
-            self._last_tenants = await asyncio.to_thread(self._tenants.read_all)
+            self._last_tenants = await asyncio.to_thread(self._tenants.refresh, named,
+                                                         everything)
             if self._vault_failing:
                 log.info("fast path: vault readable again")
             self._vault_failing = False
         except VaultUnavailable as exc:
+            self._named |= named  # asked again at the next poll
+            self._everything |= everything
             # Keep serving the last tenants read (as the key cache serves stale keys).
             if not self._vault_failing:
                 log.warning("fast path: vault unreadable, keeping the last tenant set",

@@ -22,6 +22,7 @@ import requests
 
 from authz.errors import TenantRecordInvalid, VaultForbidden, VaultUnavailable
 from authz.governance.policy import Policy, parse_stored_policy, policy_to_json
+from authz.tenants.change_log import log_path, note_change
 from authz.tenants.client_id import validate_client_id
 from authz.tenants.vault_login import StaticToken, TokenProvider
 
@@ -220,6 +221,12 @@ class VaultTenantStore:
         self._kv = KvStore(addr, token, mount=mount, timeout_s=timeout_s)
         self._tokens = self._kv.tokens
         self._path_template = path_template
+        self._change_log = log_path(path_template)
+
+    def _changed(self, client_id: str) -> None:
+        """Log the write (change_log.py) so the fast path re-reads just this tenant."""
+        if self._change_log is not None:
+            note_change(self._kv, self._change_log, client_id)
 
     def path_for(self, client_id: str) -> str:
         return self._path_template.format(client_id=validate_client_id(client_id))
@@ -259,7 +266,9 @@ class VaultTenantStore:
             secret["project"] = key.project
         if key.policy is not None:
             secret["policy"] = policy_to_json(key.policy)
-        return self._kv.write(self.path_for(client_id), secret) or 0
+        version = self._kv.write(self.path_for(client_id), secret) or 0
+        self._changed(client_id)
+        return version
 
     def read_record(self, client_id: str) -> tuple[dict[str, Any] | None, int]:
         """The tenant's whole record, unparsed, and its version (for operator commands
@@ -280,6 +289,7 @@ class VaultTenantStore:
                 return None
             written = self._kv.write(path, change(dict(data)), cas=version)
             if written is not None:
+                self._changed(client_id)
                 return written
         raise VaultUnavailable("tenant record kept changing: try again")
 
@@ -288,6 +298,7 @@ class VaultTenantStore:
         if self.read_record(client_id)[0] is None:
             return False
         self._kv.delete(self.path_for(client_id))
+        self._changed(client_id)
         return True
 
     def start_token_renewal(self) -> None:

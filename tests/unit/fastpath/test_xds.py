@@ -95,7 +95,8 @@ class FakeTenants:
         self.tenants = [FastTenant("acme", "sk-1")]
         self.failing = False
 
-    def read_all(self) -> list[FastTenant]:
+    def refresh(self, named: frozenset[str] = frozenset(), everything: bool = False
+                ) -> list[FastTenant]:
         if self.failing:
             raise VaultUnavailable("vault read failed: ConnectionError")
         return list(self.tenants)
