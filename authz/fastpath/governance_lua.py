@@ -35,6 +35,16 @@ Exhausted = Mapping[str, bool | frozenset[str]]
 
 # Raw: the Lua below is exactly what Envoy runs (its backslashes are Lua's).
 GOVERNANCE_LUA = r"""
+-- Whether a relay path might be a chat completion's (the only endpoint whose usage the
+-- service may ask for): without a %-escape its OpenAI path is the relay path as it is,
+-- up to a query or fragment; with one, it might be. Cheaper than openai_path.
+local CHAT = "/api/openai/v1/chat/completions"
+local function maybe_chat_path(raw)
+  if string.find(raw, "%", 1, true) then return true end
+  if string.sub(raw, 1, #CHAT) ~= CHAT then return false end
+  local after = string.sub(raw, #CHAT + 1, #CHAT + 1)
+  return after == "" or after == "?" or after == "#"
+end
 -- The OpenAI path of a relay path (authz/governance/endpoints.py openai_path), or nil
 -- when the service must work it out: any %-escape, or anything it calls odd.
 local function openai_path(raw)

@@ -354,18 +354,21 @@ function envoy_on_request(handle)
   if exhausted == true or (exhausted ~= nil and exhausted[user]) then return end
   local policy = tenant[4]
   local method = headers:get(":method")
+  local raw_path = headers:get(":path")
   if policy and policy.endpoints
-      and not endpoint_allowed(policy.endpoints, method, openai_path(headers:get(":path"))) then
+      and not endpoint_allowed(policy.endpoints, method, openai_path(raw_path)) then
     return
   end
+  -- Only a chat completion can need usage asked for (the service's rule).
+  local maybe_chat = method == "POST" and maybe_chat_path(raw_path)
   local models = policy and policy.models
-  if (method == "POST" or models) and not is_upload(headers) then
+  if (maybe_chat or models) and not is_upload(headers) then
     local bytes = request_body(handle, headers, method)
     if bytes == nil then return end
-    -- A POST body that might ask for a stream ("stream", or \\u escapes that could
-    -- spell it) goes to the service: it decides whether a streamed chat completion
-    -- needs usage asked for (the metering filter's `inject_usage`).
-    if method == "POST" and (string.find(bytes, "stream", 1, true) ~= nil
+    -- A chat completion whose body might ask for a stream ("stream", or \\u escapes
+    -- that could spell it) goes to the service: it decides whether a streamed chat
+    -- completion needs usage asked for (the metering filter's `inject_usage`).
+    if maybe_chat and (string.find(bytes, "stream", 1, true) ~= nil
         or string.find(bytes, "\\\\u", 1, true) ~= nil) then
       return
     end

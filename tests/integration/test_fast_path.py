@@ -269,9 +269,10 @@ def sdk_client(relay: RelayStack, key: str) -> openai.OpenAI:
 
 def test_streaming_with_the_openai_sdk_is_decided_by_the_service_and_metered(
         fast_relay, upstream, token_for, tenants):
-    """A body that asks for a stream goes to the service, which alone decides whether a
-    chat completion must be asked for usage: the client's stream stays what it asked
-    for (no usage-only chunk), and its tokens are counted. A plain call stays in Envoy."""
+    """A chat completion that asks for a stream goes to the service, which alone decides
+    whether it must be asked for usage: the client's stream stays what it asked for (no
+    usage-only chunk), and its tokens are counted. A plain call, and a Responses stream
+    (which always ends with its usage), stay in Envoy."""
     client = sdk_client(fast_relay, token_for("acme", uid="streamer"))
     with Paths(fast_relay) as paths:
         chunks = list(client.chat.completions.create(
@@ -285,7 +286,7 @@ def test_streaming_with_the_openai_sdk_is_decided_by_the_service_and_metered(
     assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
     assert kinds[-1].type == "response.completed"
     assert plain.choices[0].message.content
-    assert (paths.fast, paths.authz) == (1, 2)
+    assert (paths.fast, paths.authz) == (2, 1)
     assert {r.header("authorization") for r in upstream.requests} == {
         f"Bearer {tenants['acme'].api_key}"}
     assert plain.usage is not None
@@ -375,6 +376,8 @@ def governed(fast_relay, vault, upstream, token_for) -> Iterator[str]:
     ("POST", "/chat/completions", json.dumps({**CHAT, "metadata": {"model": "gpt-4o"}},
                                              ensure_ascii=False).encode()),
     ("GET", "/models/gpt-4o-mini", None),
+    # Only a chat completion can need usage asked for: "stream" elsewhere is just text.
+    ("POST", "/embeddings", b'{"model": "text-embedding-3-small", "input": "a stream"}'),
 ])
 def test_what_the_policy_allows_envoy_serves_alone(fast_relay, upstream, governed, method,
                                                   path, body):
@@ -383,6 +386,21 @@ def test_what_the_policy_allows_envoy_serves_alone(fast_relay, upstream, governe
     assert response.status_code == 200, response.text
     assert (paths.fast, paths.authz) == (1, 0)
     assert len(upstream.requests) == 1
+
+
+def test_a_plain_tenants_post_is_read_only_when_it_is_a_chat_completion(fast_relay,
+                                                                        upstream, token_for):
+    token = token_for("acme")
+    with Paths(fast_relay) as paths:
+        response = send(fast_relay, token, "POST", "/embeddings",
+                        b'{"model": "text-embedding-3-small", "input": "stream"}')
+    assert response.status_code == 200
+    assert (paths.fast, paths.authz) == (1, 0)
+    with Paths(fast_relay) as paths:
+        response = send(fast_relay, token, "POST", "/chat/%63ompletions",
+                        json.dumps({**CHAT, "stream": False}).encode())
+    assert response.status_code == 200
+    assert (paths.fast, paths.authz) == (0, 1)  # might be a chat completion: the service
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "error"), [

@@ -25,7 +25,8 @@ from authz.governance.policy import EffectivePolicy, parse_policy
 lupa = pytest.importorskip("lupa.luajit21")
 
 EXPORTS = """
-return {openai_path = openai_path, endpoint_allowed = endpoint_allowed,
+return {openai_path = openai_path, maybe_chat_path = maybe_chat_path,
+        endpoint_allowed = endpoint_allowed,
         body_model = body_model, model_allowed = model_allowed}
 """
 
@@ -52,6 +53,20 @@ def test_the_lua_path_is_the_services_or_nothing(lua, tail):
         found = lua_text(fns.openai_path(raw.encode("utf-8")))
         # None: the service decides (it may well allow); a path: exactly the service's.
         assert found is None or found == openai_path(raw), raw
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=PATH_CHARS, max_size=12),
+       st.sampled_from(["/api/openai/v1/chat/completions", "/api/openai/v1/chat/",
+                        "/api/openai/v1/", "/api/openai/v1/chat/completion"]))
+def test_every_chat_completion_path_is_seen_as_one(lua, tail, head):
+    """The fast path reads the body of whatever the service may call a chat completion
+    (it alone asks such a request's stream for usage)."""
+    raw = head + tail
+    if openai_path(raw) == "/v1/chat/completions":
+        assert lua[1].maybe_chat_path(raw.encode("utf-8")), raw
+    if "%" not in raw and lua[1].maybe_chat_path(raw.encode("utf-8")):
+        assert openai_path(raw) == "/v1/chat/completions", raw
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
