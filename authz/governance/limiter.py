@@ -38,7 +38,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from authz.errors import RateLimitExceeded, TokenBudgetExhausted
@@ -48,7 +48,6 @@ from authz.governance.counters import (
     LocalStore,
     Refusal,
     Settlement,
-    TenantUsage,
 )
 from authz.governance.model import Admission, CompletedRequest, Limits
 
@@ -120,6 +119,7 @@ class _View:
 
 
 _K = TypeVar("_K")
+_T = TypeVar("_T")
 
 
 def _add(table: dict[_K, int], key: _K, delta: int) -> None:
@@ -475,15 +475,20 @@ class GovernanceLimiter:
         """Today's usage report (/admin/usage): from Redis when it answers, so any
         replica answers for all; this replica's own counting otherwise."""
         day = utc_day(self.clock())
-        report: TenantUsage | None = None
+        report = await self._shared_or_local(lambda redis: redis.usage(client_id, day),
+                                             lambda: self.local.usage_now(client_id, day))
+        return report.report(client_id, day, user)
+
+    async def _shared_or_local(self, shared: Callable[[RedisStore], Awaitable[_T]],
+                               local: Callable[[], _T]) -> _T:
+        """Read from Redis while it answers (every replica's counts), else from this
+        replica's own."""
         if self.redis is not None and self.redis_up:
             try:
-                report = await self.redis.usage(client_id, day)
+                return await shared(self.redis)
             except Exception as exc:
                 self._redis_down(exc)
-        if report is None:
-            report = self.local.usage_now(client_id, day)
-        return report.report(client_id, day, user)
+        return local()
 
     async def exhausted(self, budgets: Mapping[str, Limits]
                         ) -> dict[str, bool | frozenset[str]]:
@@ -492,14 +497,8 @@ class GovernanceLimiter:
         of its users whose own are (empty sets left out). From Redis when it answers,
         so it holds every replica's usage."""
         day = utc_day(self.clock())
-        totals = None
-        if self.redis is not None and self.redis_up:
-            try:
-                totals = await self.redis.used_up(day, budgets)
-            except Exception as exc:
-                self._redis_down(exc)
-        if totals is None:
-            totals = self.local.used_up(day, budgets)
+        totals = await self._shared_or_local(lambda redis: redis.used_up(day, budgets),
+                                             lambda: self.local.used_up(day, budgets))
         found: dict[str, bool | frozenset[str]] = {}
         for client_id, (total, users) in totals.items():
             budget = budgets[client_id].tenant_tokens_per_day
