@@ -145,15 +145,17 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         for i in range(args.rotations):
             victim = tenants.tenants[i * 997 % len(tenants.tenants)]
             tenants.tenants[i * 997 % len(tenants.tenants)] = FastTenant(
-                victim.client_id, f"sk-rotated-{secrets.token_hex(24)}")
+                victim.client_id, f"sk-rotated-{secrets.token_hex(24)}",
+                victim.organization, victim.project, victim.policy)
             started = time.perf_counter()
             await control.refresh()
             took = await wait_accepted(admin, 2 + i)
             print(f"rotation {i + 1}: one key changed, in Envoy after "
                   f"{(time.perf_counter() - started) * 1000:.0f} ms "
                   f"(Envoy RSS {rss_mb(envoy.pid):.0f} MB)")
-        state[budgeted[0]] = True  # one budgeted tenant's day is used up
+        state[budgeted[-1]] = True  # one budgeted tenant's day is used up
         started = time.perf_counter()
+        control.settled(budgeted[-1])  # as the limiter reports a metered request
         await control.refresh_budgets()
         await wait_accepted(admin, 2 + args.rotations)
         print(f"budget: one tenant's budget used up, in Envoy after "

@@ -169,7 +169,8 @@ class FastPathControl:
         self._poke = asyncio.Event()
         self._named: set[str] = set()
         self._everything = False
-        self._budgeted: frozenset[str] = frozenset()
+        self._budgets: dict[str, Limits] = {}  # the served tenants with a token budget
+        self._settled: set[str] = set()  # those metered since the last budget read
         self._budget_poke = asyncio.Event()
         self._budget_delay_s = budget_delay_s
         self._tasks: list[asyncio.Task[None]] = []
@@ -186,7 +187,8 @@ class FastPathControl:
         """A request of `client_id` was metered (the limiter calls this for every one):
         for a tenant with a token budget, the budget state is read again shortly, so a
         budget used up reaches Envoy in well under the poll period."""
-        if client_id in self._budgeted:
+        if client_id in self._budgets:
+            self._settled.add(client_id)
             self._budget_poke.set()
 
     async def refresh(self) -> None:
@@ -211,10 +213,17 @@ class FastPathControl:
         self._publish()
 
     async def refresh_budgets(self) -> None:
-        """Read the budget state alone, and push only if it changed."""
-        before = self._last_exhausted
-        await self._refresh_exhausted()
-        if self._last_exhausted != before:
+        """Read the budget state of the tenants metered since the last read alone, and
+        push only if it changed."""
+        budgets = {c: self._budgets[c] for c in self._settled if c in self._budgets}
+        self._settled.clear()
+        if not budgets or self._exhausted_of is None:
+            return
+        fresh = await self._read_exhausted(budgets)
+        merged = {c: v for c, v in self._last_exhausted.items() if c not in budgets}
+        merged.update(fresh)
+        if merged != self._last_exhausted:
+            self._last_exhausted = merged
             self._publish()
 
     def _publish(self) -> None:
@@ -238,18 +247,22 @@ class FastPathControl:
         """The tenants and users of served tenants whose token budget is used up."""
         if self._exhausted_of is None:
             return
-        budgets = {t.client_id: t.policy.limits for t in self._last_tenants
-                   if t.policy is not None and (t.policy.limits.user_tokens_per_day is not None
-                                                or t.policy.limits.tenant_tokens_per_day
-                                                is not None)}
-        self._budgeted = frozenset(budgets)
+        self._budgets = {t.client_id: t.policy.limits for t in self._last_tenants
+                         if t.policy is not None
+                         and (t.policy.limits.user_tokens_per_day is not None
+                              or t.policy.limits.tenant_tokens_per_day is not None)}
+        self._last_exhausted = await self._read_exhausted(self._budgets)
+
+    async def _read_exhausted(self, budgets: Mapping[str, Limits]) -> Exhausted:
+        if not budgets or self._exhausted_of is None:
+            return {}
         try:
-            self._last_exhausted = await self._exhausted_of(budgets) if budgets else {}
+            return await self._exhausted_of(budgets)
         except Exception:
             # Never serve past a budget on stale counts: budgeted tenants go to ext_authz.
             log.exception("fast path: budget state unreadable; budgeted tenants go to "
                           "ext_authz")
-            self._last_exhausted = dict.fromkeys(budgets, True)
+            return dict.fromkeys(budgets, True)
 
     async def run(self) -> None:
         while True:

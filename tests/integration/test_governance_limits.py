@@ -189,6 +189,41 @@ def test_two_relays_share_limits_and_usage_through_redis(
             "erin"]["requests"] == 4
 
 
+def test_a_budget_used_up_through_one_relay_is_refused_by_the_other(
+        make_relay, vault, upstream: FakeOpenAI, token_for, http,
+        redis_server: RedisServer) -> None:
+    """With the fast path on, the other replica's Envoy learns it from Redis (its control
+    plane reads the users past their budget every second); with it off, the other
+    replica's check reads Redis at once."""
+    client_id = "gov-shared-budget"
+    governed_tenant(vault, client_id, {"user_tokens_per_day": 60})
+    env = {"AUTHZ_REDIS_URL": redis_server.url}
+    first, second = make_relay(env), make_relay(env)
+    token = token_for(client_id, "gina")
+    spender = sdk(first, http, token)
+    for requests in range(1, 21):
+        spender.chat.completions.create(**CHAT)
+        if wait_usage(first, client_id, lambda r, n=requests: r["requests"] >= n)[
+                "total_tokens"] >= 60:
+            break
+    other = sdk(second, http, token)
+    bodies: list[object] = []
+
+    def refused() -> bool:
+        try:
+            other.chat.completions.create(**CHAT)
+        except openai.RateLimitError as error:
+            bodies.append(error.response.json())
+            return True
+        return False
+
+    assert seconds_until(refused, 2.0) <= 2.0
+    forwarded = upstream.request_count
+    assert refused()
+    assert upstream.request_count == forwarded
+    assert bodies == [{"error": "Token budget exhausted", "details": "user_tokens_per_day"}] * 2
+
+
 def metric(stack: RelayStack, name: str) -> float:
     with urllib.request.urlopen(stack.metrics_url, timeout=5) as response:
         for line in response.read().decode().splitlines():

@@ -194,6 +194,16 @@ def test_used_up_budgets_are_pushed_and_an_unreadable_state_sends_budgets_to_ext
         await control.refresh()
         assert ads.version == 2
         assert '["acme"] = {["u1"] = true},' in lua()
+        # Between polls, only a budgeted tenant that was metered is read again.
+        state["acme"] = frozenset({"u1", "u2"})
+        control.settled("free")
+        await control.refresh_budgets()
+        assert len(asked) == 2  # "free" has no budget: nothing read, nothing pushed
+        control.settled("acme")
+        await control.refresh_budgets()
+        assert asked[-1] == {"acme": budget.limits}
+        assert ads.version == 3
+        assert '["acme"] = {["u1"] = true, ["u2"] = true},' in lua()
         state["fail"] = True
         await control.refresh()
         assert '["acme"] = true,' in lua()  # the whole tenant to ext_authz
