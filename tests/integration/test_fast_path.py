@@ -206,6 +206,16 @@ def test_sub_of_128_characters_and_lowercase_bearer_are_accepted(fast_relay, ups
         f"Bearer {tenants['acme'].api_key}"] * 2
 
 
+def test_a_subject_the_service_counts_another_way_is_left_to_it(fast_relay, upstream,
+                                                                token_for):
+    """The service counts a user by the subject less a "client-key:" prefix: the fast
+    path does not serve such a subject, so both paths meter the same user."""
+    with Paths(fast_relay) as paths:
+        response = get(fast_relay, bearer(token_for("acme", uid="client-key:someone")))
+    assert response.status_code == 200
+    assert (paths.fast, paths.authz) == (0, 1)
+
+
 @pytest.mark.parametrize("client_id_claims", [
     {}, {"clientId": "../globex"}, {"clientId": 7}, {"clientId": ["acme"]},
     {"clientId": "bad/../x", "firebase": {"tenant": "acme"}},
