@@ -234,6 +234,12 @@ async def serve(settings: Settings) -> None:
     server.add_generic_rpc_handlers([_check_handler(service),
                                      access_log_handler(service.access_log)])
     fast_path = _fast_path(service, server) if settings.fast_path else None
+    if fast_path is not None:
+        from authz.edge.meter_log import MeterLogServicer, meter_log_handler
+
+        # Requests the fast path decided alone come back on Envoy's lighter log.
+        server.add_generic_rpc_handlers([meter_log_handler(
+            MeterLogServicer(service.limiter.settle_nowait))])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     grpc_addr = format_addr(settings.grpc_addr)

@@ -63,7 +63,7 @@ def _value(fields: Any, key: str) -> Any:
     return None if kind in (None, "null_value") else getattr(value, kind)
 
 
-def _int(raw: Any) -> int | None:
+def int_or_none(raw: Any) -> int | None:
     """Numbers may arrive as numbers or strings (metadata set from Lua or headers)."""
     if raw is None or isinstance(raw, bool):
         return None
@@ -93,14 +93,14 @@ def completed_request(entry: accesslog_pb2.HTTPAccessLogEntry) -> CompletedReque
         client_id=client_id,
         user=user if isinstance(user, str) else "",
         lease=lease if isinstance(lease, str) else "",
-        reserved_tokens=_int(_value(authz, model.META_RESERVED)) or 0,
+        reserved_tokens=int_or_none(_value(authz, model.META_RESERVED)) or 0,
         status=response.response_code.value if response.HasField("response_code") else 0,
         response_flags=response_flags(common.response_flags),
         request_body_bytes=entry.request.request_body_bytes,
         response_body_bytes=response.response_body_bytes,
-        input_tokens=_int(_value(usage, model.USAGE_INPUT)),
-        output_tokens=_int(_value(usage, model.USAGE_OUTPUT)),
-        events=_int(_value(usage, model.USAGE_EVENTS)) or 0,
+        input_tokens=int_or_none(_value(usage, model.USAGE_INPUT)),
+        output_tokens=int_or_none(_value(usage, model.USAGE_OUTPUT)),
+        events=int_or_none(_value(usage, model.USAGE_EVENTS)) or 0,
     )
 
 

@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf import struct_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from authz.edge.access_log import (
     AccessLogServicer,
     completed_request,
     response_flags,
 )
+from authz.edge.meter_log import MeterLogServicer
+from authz.edge.meter_log import completed_request as from_record
 from authz.governance.model import CompletedRequest
 
 
@@ -114,3 +117,30 @@ def test_stream_settles_each_entry_and_survives_bad_ones() -> None:
     assert asyncio.run(servicer.stream(messages(), None)) == b""  # type: ignore[arg-type]
     assert [d.user for d in settled] == ["uid-1", "second", "third"]
     assert servicer.skipped == 1
+
+
+# -- the fast path's metering log (edge/meter_log.py) ----------------------------------
+def test_a_metering_record_is_read_as_envoy_formats_it():
+    done = from_record("200\t-\t74\t609\t9\t10\t-\tacme\tuser\twith\ttabs")
+    assert done == CompletedRequest(
+        client_id="acme", user="user\twith\ttabs", lease="", reserved_tokens=0, status=200,
+        response_flags="", request_body_bytes=74, response_body_bytes=609, input_tokens=9,
+        output_tokens=10, events=0)
+    cut = from_record("0\tDC,UR\t10\t0\t-\t-\t3\tacme\tu1")
+    assert cut is not None
+    assert (cut.status, cut.response_flags, cut.input_tokens, cut.events) == (0, "DC,UR",
+                                                                              None, 3)
+    assert from_record("200\t-\t74") is None  # not one of ours
+    assert from_record("200\t-\t1\t1\t-\t-\t-\t-\tu1") is None  # no tenant
+
+
+def test_metering_records_are_settled_and_odd_ones_skipped():
+    settled: list[CompletedRequest] = []
+    servicer = MeterLogServicer(settled.append)
+    request = logs_service_pb2.ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add().log_records
+    records.add().body.string_value = "200\t-\t1\t2\t3\t4\t-\tacme\tu1"
+    records.add().body.string_value = "garbage"
+    assert asyncio.run(servicer.export(request, None)) == b""  # type: ignore[arg-type]
+    assert [(d.client_id, d.user, d.input_tokens) for d in settled] == [("acme", "u1", 3)]
+    assert (servicer.records, servicer.skipped) == (1, 1)

@@ -69,6 +69,7 @@ def test_template_placeholders_are_exactly_the_known_ones() -> None:
         "fast_path_bootstrap",
         "fast_path_filters",
         "fast_path_ext_authz",
+        "fast_path_access_log",
     }
 
 
@@ -457,14 +458,19 @@ def test_fast_path_off_renders_exactly_the_template_without_it(monkeypatch, kwar
     monkeypatch.setattr(envoy_config.fast_path, "envoy_blocks", lambda enabled: {})
     assert off == render(EnvoyParams(upstream_ca_file=CA, **kwargs),
                          _without_fast_path_lines(template_text()))
-    assert "relay.fast_path" not in off
+    # Off, the namespace appears only where the gRPC access log would leave out what
+    # the fast path decided (never set when it is off).
+    assert off.count("relay.fast_path") == 1
+    assert "filter: relay.fast_path\n" in off
     assert "dynamic_resources" not in off
 
 
 def test_fast_path_on_adds_ads_the_two_filters_and_the_ext_authz_switch():
     on = _render(fast_path=True)
     off = _render()
-    assert on.count("cluster_name: \"authz\"") == 1  # ADS over the authz cluster
+    # ADS and the metering log, over the authz cluster.
+    assert on.count("cluster_name: \"authz\"") == 2
+    assert "OpenTelemetryAccessLogConfig" in on
     assert "dynamic_resources:\n  ads_config:" in on
     assert 'node:\n  id: "openai-relay"' in on
     filters = on.split("http_filters:", 1)[1]

@@ -1,0 +1,92 @@
+"""The fast path's metering log: Envoy's OpenTelemetry access logger, one record per
+request the fast path decided alone (AUTHZ_FAST_PATH=on).
+
+Such a request holds no lease or reservation, so the settlement needs only a few fields,
+and Envoy formats them into one string (authz/fastpath/blocks.py METER_LOG_FIELDS) at a
+fraction of the cost of a gRPC access-log entry, which carries every header, timing and
+metadata namespace (measured: about 25 µs of Envoy and 30 µs of this service per
+request, docs/benchmark.md). Envoy sends the records in batches (LogsService/Export, on
+this service's gRPC port); each becomes a CompletedRequest and is settled as an access
+log entry is (edge/access_log.py). Protobuf stays here; the OpenTelemetry types are
+loaded only when the fast path is on. A malformed record is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+
+from authz.edge.access_log import Settle, int_or_none
+from authz.fastpath.blocks import METER_LOG_FIELDS
+from authz.governance.model import CompletedRequest
+
+log = logging.getLogger(__name__)
+
+LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+_MISSING = "-"  # what Envoy prints for a value it does not have
+
+
+def completed_request(body: str) -> CompletedRequest | None:
+    """One record's body as a CompletedRequest; None when it is not one of ours."""
+    parts = body.split("\t", len(METER_LOG_FIELDS) - 1)
+    if len(parts) != len(METER_LOG_FIELDS):
+        return None
+    status, flags, received, sent, input_tokens, output_tokens, events, client_id, user = (
+        parts)
+    # The Lua filter sets both on every request it decides (a non-empty subject).
+    if client_id in ("", _MISSING):
+        return None
+    return CompletedRequest(
+        client_id=client_id,
+        user=user,
+        lease="",
+        reserved_tokens=0,
+        status=int_or_none(status) or 0,
+        response_flags="" if flags == _MISSING else flags,
+        request_body_bytes=int_or_none(received) or 0,
+        response_body_bytes=int_or_none(sent) or 0,
+        input_tokens=int_or_none(input_tokens),
+        output_tokens=int_or_none(output_tokens),
+        events=int_or_none(events) or 0,
+    )
+
+
+class MeterLogServicer:
+    def __init__(self, settle: Settle) -> None:
+        self._settle = settle
+        self.records = 0
+        self.skipped = 0
+
+    async def export(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                     ) -> bytes:
+        for resource_logs in request.resource_logs:
+            for scope_logs in resource_logs.scope_logs:
+                for record in scope_logs.log_records:
+                    done = completed_request(record.body.string_value)
+                    if done is None:
+                        self.skipped += 1
+                        continue
+                    self.records += 1
+                    try:
+                        self._settle(done)
+                    except Exception:
+                        log.exception("settling a metering record failed",
+                                      extra={"client_id": done.client_id})
+        return b""  # an empty ExportLogsServiceResponse
+
+
+def meter_log_handler(servicer: MeterLogServicer) -> grpc.GenericRpcHandler:
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+    return grpc.method_handlers_generic_handler(
+        LOGS_SERVICE,
+        {
+            "Export": grpc.unary_unary_rpc_method_handler(
+                servicer.export,
+                request_deserializer=logs_service_pb2.ExportLogsServiceRequest.FromString,
+                response_serializer=lambda payload: payload,
+            )
+        },
+    )
