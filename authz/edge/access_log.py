@@ -46,6 +46,16 @@ _FLAG_CODES = {
 Settle = Callable[[CompletedRequest], None]
 
 
+def settle_logged(settle: Settle, done: CompletedRequest) -> None:
+    """Settle one finished request; a failure is logged, never raised into the stream
+    that delivered it."""
+    try:
+        settle(done)
+    except Exception:
+        log.exception("settling a finished request failed",
+                      extra={"client_id": done.client_id})
+
+
 def response_flags(flags: accesslog_pb2.ResponseFlags) -> str:
     """Envoy's short form, comma-separated, "" when none."""
     codes = [code for name, code in _FLAG_CODES.items() if getattr(flags, name, False)]
@@ -127,11 +137,7 @@ class AccessLogServicer:
                 self.skipped += 1
                 continue
             self.entries += 1
-            try:
-                self._settle(done)
-            except Exception:
-                log.exception("settling an access log entry failed",
-                              extra={"client_id": done.client_id})
+            settle_logged(self._settle, done)
 
     async def stream(self, requests: AsyncIterator[als_pb2.StreamAccessLogsMessage],
                      context: grpc.aio.ServicerContext[Any, Any]) -> bytes:

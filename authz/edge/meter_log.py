@@ -13,16 +13,13 @@ loaded only when the fast path is on. A malformed record is counted and skipped.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import grpc
 
-from authz.edge.access_log import Settle, int_or_none
+from authz.edge.access_log import Settle, int_or_none, settle_logged
 from authz.fastpath.blocks import METER_LOG_FIELDS
 from authz.governance.model import CompletedRequest
-
-log = logging.getLogger(__name__)
 
 LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 _MISSING = "-"  # what Envoy prints for a value it does not have
@@ -69,11 +66,7 @@ class MeterLogServicer:
                         self.skipped += 1
                         continue
                     self.records += 1
-                    try:
-                        self._settle(done)
-                    except Exception:
-                        log.exception("settling a metering record failed",
-                                      extra={"client_id": done.client_id})
+                    settle_logged(self._settle, done)
         return b""  # an empty ExportLogsServiceResponse
 
 
