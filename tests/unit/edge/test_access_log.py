@@ -15,7 +15,7 @@ from authz.edge.access_log import (
     completed_request,
     response_flags,
 )
-from authz.edge.meter_log import MeterLogServicer
+from authz.edge.meter_log import MeterLogServicer, _field_name
 from authz.edge.meter_log import completed_request as from_record
 from authz.governance.model import CompletedRequest
 
@@ -137,8 +137,12 @@ def test_a_metering_record_is_read_as_envoy_formats_it():
 def test_metering_records_are_settled_and_odd_ones_skipped():
     settled: list[CompletedRequest] = []
     servicer = MeterLogServicer(settled.append)
+    # Built by field number, as Envoy's newer protocol and the types here name the
+    # fields differently (meter_log.record_bodies).
     request = logs_service_pb2.ExportLogsServiceRequest()
-    records = request.resource_logs.add().scope_logs.add().log_records
+    resource = request.resource_logs.add()
+    scope = getattr(resource, _field_name(resource, 2)).add()
+    records = getattr(scope, _field_name(scope, 2))
     records.add().body.string_value = "200\t-\t1\t2\t3\t4\t-\tacme\tu1"
     records.add().body.string_value = "garbage"
     assert asyncio.run(servicer.export(request, None)) == b""  # type: ignore[arg-type]
