@@ -19,7 +19,7 @@ from typing import Any
 from authz.fastpath.resources import FastTenant
 from authz.governance.policy import ALLOW_ALL, Policy, PolicyError, parse_policy
 from authz.tenants.change_log import log_path, read_changes
-from authz.tenants.client_id import is_valid_client_id
+from authz.tenants.client_id import is_valid_client_id, tenant_folder
 from authz.tenants.vault import KvStore, TenantKey
 
 
@@ -89,13 +89,13 @@ class TenantSource:
     def __init__(self, kv: KvStore, path_template: str, *,
                  default_policy: Policy = ALLOW_ALL,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        parent, _, leaf = path_template.rpartition("/")
-        if leaf != "{client_id}" or "{client_id}" in parent:
+        parent, log = tenant_folder(path_template), log_path(path_template)
+        if parent is None or log is None:
             raise ValueError("AUTHZ_VAULT_PATH must end in /{client_id} to list tenants")
         self._kv = kv
         self._parent = parent
         self._template = path_template
-        self._log = log_path(path_template) or ""
+        self._log = log
         self._default_policy = default_policy
         self._clock = clock
         self._tenants: dict[str, FastTenant] = {}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from authz.errors import RelayError
+from authz.tenants.client_id import tenant_folder
 
 if TYPE_CHECKING:  # vault.py imports this module
     from authz.tenants.vault import KvStore
@@ -35,8 +36,8 @@ RECENT = 256
 def log_path(path_template: str) -> str | None:
     """Where the log of a tenant path template lives; None when the template does not
     end in /{client_id} (its tenants cannot be listed, so nothing reads a log)."""
-    parent, _, leaf = path_template.rpartition("/")
-    if leaf != "{client_id}" or "{client_id}" in parent:
+    parent = tenant_folder(path_template)
+    if parent is None:
         return None
     return f"{parent}/{LOG_NAME}" if parent else LOG_NAME
 

@@ -35,6 +35,16 @@ def validate_client_id(value: str) -> str:
     return value
 
 
+def tenant_folder(path_template: str) -> str | None:
+    """The folder holding one record per clientId for a Vault path template (its
+    parent, "" for the mount's root); None when the template does not end in
+    /{client_id}, so its tenants cannot be listed."""
+    parent, _, leaf = path_template.rpartition("/")
+    if leaf != "{client_id}" or "{client_id}" in parent:
+        return None
+    return parent
+
+
 def _claim(claims: Mapping[str, Any], dotted: str) -> Any:
     node: Any = claims
     for part in dotted.split("."):

@@ -36,7 +36,7 @@ from typing import Any
 from authz.credentials.client_keys import ClientKeyRecord, hint, key_hash, new_client_key
 from authz.errors import ConfigError, VaultUnavailable
 from authz.governance.policy import Policy, parse_stored_policy, policy_to_json
-from authz.tenants.client_id import is_valid_client_id, validate_client_id
+from authz.tenants.client_id import is_valid_client_id, tenant_folder, validate_client_id
 from authz.tenants.vault import KvStore
 from authz.tenants.vault_login import TokenProvider
 
@@ -265,9 +265,8 @@ class VaultClientKeyStore:
 
     def list_tenants(self) -> list[str]:
         """Every tenant with a secret under the AUTHZ_VAULT_PATH template's parent."""
-        template = self._tenant_path
-        parent, _, leaf = template.rpartition("/")
-        if leaf != "{client_id}" or "{client_id}" in parent:
+        parent = tenant_folder(self._tenant_path)
+        if parent is None:
             raise VaultUnavailable("AUTHZ_VAULT_PATH must end in /{client_id} to list tenants")
         names = {name.rstrip("/") for name in self._list(parent)}
         return sorted(name for name in names if is_valid_client_id(name)
