@@ -35,12 +35,7 @@ def served_policy(policy: Any, default: Policy = ALLOW_ALL) -> Policy | None:
             parsed = parse_policy(policy)
         except PolicyError:
             return None
-    limits = parsed.limits
-    if (limits.user_requests_per_minute is not None
-            or limits.tenant_requests_per_minute is not None
-            or limits.user_concurrent_requests is not None):
-        return None
-    return parsed
+    return None if parsed.limits.counts_requests else parsed
 
 
 def tenant_from_record(client_id: str, data: dict[str, Any] | None, *,

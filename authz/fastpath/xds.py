@@ -248,9 +248,7 @@ class FastPathControl:
         if self._exhausted_of is None:
             return
         self._budgets = {t.client_id: t.policy.limits for t in self._last_tenants
-                         if t.policy is not None
-                         and (t.policy.limits.user_tokens_per_day is not None
-                              or t.policy.limits.tenant_tokens_per_day is not None)}
+                         if t.policy is not None and t.policy.limits.has_budget}
         self._last_exhausted = await self._read_exhausted(self._budgets)
 
     async def _read_exhausted(self, budgets: Mapping[str, Limits]) -> Exhausted:

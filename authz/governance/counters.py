@@ -168,7 +168,7 @@ class LocalStore:
         if ((limit := limits.user_concurrent_requests) is not None
                 and self._in_flight.get(user_key, 0) >= limit):
             return Refusal("user_concurrent_requests", 0)
-        if limits.user_tokens_per_day is not None or limits.tenant_tokens_per_day is not None:
+        if limits.has_budget:
             refusal = self._over_budget(request)
             if refusal is not None:
                 return refusal

@@ -50,6 +50,19 @@ class Limits:
     def any(self) -> bool:
         return any(getattr(self, f.name) is not None for f in fields(self))
 
+    @property
+    def has_budget(self) -> bool:
+        """A token budget for the day is set (per user or per tenant)."""
+        return self.user_tokens_per_day is not None or self.tenant_tokens_per_day is not None
+
+    @property
+    def counts_requests(self) -> bool:
+        """A limit that counts each request as it is admitted is set (per-minute rates,
+        concurrency): one that needs the limiter at admission."""
+        return (self.user_requests_per_minute is not None
+                or self.tenant_requests_per_minute is not None
+                or self.user_concurrent_requests is not None)
+
     def tightened_by(self, other: Limits) -> Limits:
         """Both apply: the smaller of each pair (a client key's own policy narrows
         its tenant's)."""
