@@ -25,6 +25,7 @@ from authz.edge import logs
 from authz.edge.access_log import AccessLogServicer, access_log_handler
 from authz.edge.admin_http import AdminServer
 from authz.edge.envoy_check import CheckRequest, ResponseEncoder, check_input
+from authz.edge.grpc_method import one_method_handler
 from authz.edge.metrics import Metrics, StatsCollector
 from authz.errors import AddressInUse
 from authz.governance.limiter import GovernanceLimiter
@@ -173,17 +174,10 @@ class AuthzService:
 
 
 def _check_handler(service: AuthzService) -> grpc.GenericRpcHandler:
-    # Responses are pre-serialized bytes (see ResponseEncoder), so the serializer is identity.
-    return grpc.method_handlers_generic_handler(
-        AUTHORIZATION_SERVICE,
-        {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                service.check,
-                request_deserializer=CheckRequest.FromString,
-                response_serializer=lambda payload: payload,
-            )
-        },
-    )
+    # Responses are pre-serialized bytes (see ResponseEncoder).
+    return one_method_handler(AUTHORIZATION_SERVICE, "Check",
+                              grpc.unary_unary_rpc_method_handler, service.check,
+                              CheckRequest)
 
 
 def _fast_path(service: AuthzService, server: grpc.aio.Server) -> FastPathControl:

@@ -17,6 +17,7 @@ import grpc
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 
+from authz.edge.grpc_method import one_method_handler
 from authz.governance import model
 from authz.governance.model import CompletedRequest
 
@@ -147,13 +148,6 @@ class AccessLogServicer:
 
 
 def access_log_handler(servicer: AccessLogServicer) -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(
-        ACCESS_LOG_SERVICE,
-        {
-            "StreamAccessLogs": grpc.stream_unary_rpc_method_handler(
-                servicer.stream,
-                request_deserializer=StreamMessage.FromString,
-                response_serializer=lambda payload: payload,
-            )
-        },
-    )
+    return one_method_handler(ACCESS_LOG_SERVICE, "StreamAccessLogs",
+                              grpc.stream_unary_rpc_method_handler, servicer.stream,
+                              StreamMessage)

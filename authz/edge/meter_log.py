@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from authz.edge.access_log import Settle, int_or_none, settle_logged
+from authz.edge.grpc_method import one_method_handler
 from authz.fastpath.blocks import METER_LOG_FIELDS
 from authz.governance.model import CompletedRequest
 
@@ -92,13 +93,5 @@ def meter_log_handler(servicer: MeterLogServicer) -> grpc.GenericRpcHandler:
 
     # xds-protos ships this module without type stubs for its messages.
     request_type: Any = logs_service_pb2.ExportLogsServiceRequest  # type: ignore[attr-defined]
-    return grpc.method_handlers_generic_handler(
-        LOGS_SERVICE,
-        {
-            "Export": grpc.unary_unary_rpc_method_handler(
-                servicer.export,
-                request_deserializer=request_type.FromString,
-                response_serializer=lambda payload: payload,
-            )
-        },
-    )
+    return one_method_handler(LOGS_SERVICE, "Export", grpc.unary_unary_rpc_method_handler,
+                              servicer.export, request_type)
