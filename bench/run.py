@@ -13,7 +13,7 @@ ext_authz (bench/floor.py), and one Envoy per path, each from the one template:
   floor         wrk -> Envoy (template) -> upstream, ext_authz = bench/floor.py
   relay         wrk -> Envoy (template) -> upstream, ext_authz = authz serve, real RS256
                 tokens of many users over many tenants, keys from OpenBao
-  fast path     the relay with AUTHZ_FAST_PATH=on: Envoy verifies the tokens (jwt_authn)
+  fast path     the relay with AUTHZ_FAST_PATH=on: Envoy verifies the tokens (its Lua filter)
                 and injects the keys (Lua) from what authz serves it over xDS
 
 Every path gets the same load: wrk, 1 thread, keep-alive, a small non-streaming POST
@@ -163,6 +163,8 @@ class Options:
     http_floor: bool
     nice: int
     quiet_wait_s: float
+    #: The OpenAI path every load request POSTs to.
+    endpoint: str = CHAT_PATH
 
 
 # --------------------------------------------------------------------------- the stack
@@ -202,6 +204,7 @@ class Fixture:
     fake: FakeOpenAIProcess
     processes: list[ManagedProcess] = field(default_factory=list)
     redis_servers: list[RedisServer] = field(default_factory=list)
+    endpoint: str = CHAT_PATH  # the OpenAI path of every load request
 
 
 def tenant_name(i: int) -> str:
@@ -299,7 +302,7 @@ def start_relay(fx: Fixture, work_dir: Path, variant: Variant) -> Target:
     return Target(
         variant.name,
         ports.listen,
-        RELAY_PREFIX + CHAT_PATH,
+        RELAY_PREFIX + fx.endpoint,
         {"envoy": [envoy], "authz": authz_procs, "upstream": [fx.upstream_role]},
         metrics_urls,
     )
@@ -340,7 +343,7 @@ def start_fast_path(fx: Fixture, work_dir: Path) -> Target:
     return Target(
         "fast path",
         ports.listen,
-        RELAY_PREFIX + CHAT_PATH,
+        RELAY_PREFIX + fx.endpoint,
         {"envoy": [envoy], "authz": [process], "upstream": [fx.upstream_role]},
         [f"http://127.0.0.1:{metrics_port}/metrics"],
         admin_port=ports.admin,
@@ -369,7 +372,7 @@ def start_floor(fx: Fixture, work_dir: Path) -> Target:
     return Target(
         "floor",
         ports.listen,
-        RELAY_PREFIX + CHAT_PATH,
+        RELAY_PREFIX + fx.endpoint,
         {"envoy": [envoy], "authz": [floor], "upstream": [fx.upstream_role]},
     )
 
@@ -394,7 +397,7 @@ def start_http_floor(fx: Fixture, work_dir: Path) -> Target:
     return Target(
         "floor (HTTP authz)",
         ports.listen,
-        RELAY_PREFIX + CHAT_PATH,
+        RELAY_PREFIX + fx.endpoint,
         {"envoy": [envoy], "authz": [floor], "upstream": [fx.upstream_role]},
     )
 
@@ -408,7 +411,7 @@ def start_envoy_alone(fx: Fixture, work_dir: Path) -> Target:
     return Target(
         "envoy alone",
         ports.listen,
-        RELAY_PREFIX + CHAT_PATH,
+        RELAY_PREFIX + fx.endpoint,
         {"envoy": [envoy], "upstream": [fx.upstream_role]},
     )
 
@@ -454,7 +457,8 @@ def fixture(opts: Options, stack: ExitStack) -> Iterator[Fixture]:
     tokens_file = work / "tokens.txt"
     tokens_file.write_text("\n".join(tokens) + "\n", encoding="utf-8")
     log(f"minted {opts.users} RS256 tokens in {time.perf_counter() - started:.1f}s")
-    fx = Fixture(keys, certs, bao, tokens, tenants, tokens_file, upstream_url, upstream_role, fake)
+    fx = Fixture(keys, certs, bao, tokens, tenants, tokens_file, upstream_url, upstream_role, fake,
+                 endpoint=opts.endpoint)
 
     def stop_all() -> None:
         for process in reversed(fx.processes):
@@ -881,6 +885,10 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="smoke run: 3 s per point, 1 round, 1 and 64 connections",
     )
     p.add_argument("--duration", type=float, help="seconds per point (default 10)")
+    p.add_argument(
+        "--endpoint", default=CHAT_PATH,
+        help=f"the OpenAI path the load POSTs to (default {CHAT_PATH}, whose body the fast "
+        "path reads; /v1/embeddings, say, shows it without that read)")
     p.add_argument("--connections", help="comma-separated (default 1,16,64)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
     p.add_argument("--users", type=int, default=1000)
@@ -972,6 +980,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         http_floor=a.http_floor,
         nice=a.nice,
         quiet_wait_s=a.quiet_wait,
+        endpoint=a.endpoint,
     )
 
 
@@ -1072,7 +1081,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = targets_summary(opts, medians, extra)
 
     conditions = (
-        f"{os.cpu_count()} cores, wrk 1 thread keep-alive, POST {CHAT_PATH} (small, "
+        f"{os.cpu_count()} cores, wrk 1 thread keep-alive, POST {opts.endpoint} (small, "
         f"non-streaming), upstream {opts.upstream} on loopback, Envoy --concurrency 1 unless "
         f"named, {opts.users} users / {opts.tenants} tenants rotating per request, "
         f"medians of {opts.rounds} interleaved round(s) of {opts.duration_s:.0f}s; "

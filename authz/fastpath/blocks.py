@@ -3,22 +3,21 @@
 With the fast path off every block is None and its placeholder line disappears, so the
 rendered configuration is byte for byte what it was before the fast path existed.
 
-With it on, three filters cooperate in one pass (no second round trip):
-1. jwt_authn (config from xDS: each issuer's keys as an inline JWKS) verifies the bearer
-   token; it never rejects (allow_missing_or_failed): a token it cannot verify just
-   leaves no verified payload behind.
-2. Lua (config from xDS: the tenant table) checks what jwt_authn does not (iat,
-   auth_time, sub, kid, alg, the clientId rules) on the verified payload, and only for
-   a tenant it holds does it replace `authorization` (and the OpenAI-Organization /
-   -Project headers) and mark the request decided in dynamic metadata.
-3. ext_authz runs unless that mark is set: every request the fast path does not serve
-   (client keys, emulator or OIDC tokens, bad tokens, unknown or governed tenants)
-   is decided by the authz service exactly as with the fast path off.
+With it on, two filters cooperate in one pass (no second round trip):
+1. Lua (config from xDS: the issuers' public keys and the tenant table) verifies the
+   bearer token (signature and claims, the service's rules: resources.py, jws_lua.py),
+   applies the tenant's policy (governance_lua.py), and only for a tenant it holds does
+   it replace `authorization` (and the OpenAI-Organization / -Project headers) and mark
+   the request decided in dynamic metadata.
+2. ext_authz runs unless that mark is set: every request the fast path does not serve
+   (client keys, emulator tokens, bad tokens, unknown or rate-limited tenants, whatever
+   the Lua cannot prove allowed) is decided by the authz service exactly as with the
+   fast path off.
 Nothing is routed on: the route is the same for every tenant, so a client-sent header
 cannot choose a tenant's key (the clear_route_cache trap of per-tenant routes).
 
-Until the first xDS answer both filters run their default config (no providers, a Lua
-that decides nothing): everything goes to ext_authz.
+Until the first xDS answer the Lua runs its default config (a Lua that decides
+nothing): everything goes to ext_authz.
 """
 
 from __future__ import annotations
@@ -30,10 +29,8 @@ Json: TypeAlias = dict[str, "Json"] | list["Json"] | str | int | bool
 BLOCK_NAMES = ("fast_path_bootstrap", "fast_path_filters", "fast_path_ext_authz",
                "fast_path_access_log")
 
-#: ECDS resource names (the filters' names in the chain).
-JWT_FILTER = "relay.fast_path.jwt_authn"
+#: The ECDS resource name (the filter's name in the chain).
 LUA_FILTER = "relay.fast_path.lua"
-JWT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 #: Dynamic metadata the Lua filter sets on a request it decided.
 DECIDED_NAMESPACE = "relay.fast_path"
@@ -82,15 +79,6 @@ def envoy_blocks(enabled: bool) -> dict[str, Json | None]:
             },
         },
         "fast_path_filters": [
-            {
-                "name": JWT_FILTER,
-                "config_discovery": {
-                    "config_source": ads,
-                    "default_config": {"@type": JWT_TYPE},
-                    "apply_default_config_without_warming": True,
-                    "type_urls": [JWT_TYPE],
-                },
-            },
             {
                 "name": LUA_FILTER,
                 "config_discovery": {

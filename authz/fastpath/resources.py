@@ -1,4 +1,4 @@
-"""The fast path's xDS resources: Envoy's jwt_authn and Lua extension configs.
+"""The fast path's xDS resource: the Lua extension config Envoy decides with.
 
 Protobuf lives here and in xds.py only. Every builder is a pure function of plain values
 (keys, tenants, settings), so what Envoy is sent is unit-tested without an Envoy.
@@ -7,34 +7,31 @@ Parity with the authz service (authz/credentials/firebase.py, oidc.py, jose/jwt.
 tenants/client_id.py) is kept by construction: the fast path only ever *allows*, and
 only when every rule the service applies holds; on anything else it decides nothing
 and ext_authz answers, with the contract's status and body, in the same pass.
-What checks what, per issuer (Firebase, each OIDC issuer):
-- jwt_authn: the signature against the issuer's keys (a key's alg, when known, is the
-  only one it verifies; "none" and HMAC never verify against RSA keys), iss, aud (any
-  of), exp present and not past (clock_skew_seconds), nbf.
-- Lua, on the verified payload and header: alg in the issuer's allow-list and a
-  non-empty kid; iss; aud (Firebase: exactly the project, a string; OIDC: a string or
-  a list holding one of the issuer's audiences); exp, iat (Firebase: and auth_time)
-  numbers, not in the future, exp not past, nbf; a non-empty sub of at most 128
-  (Firebase) or 255 (OIDC) bytes (the service counts characters: longer non-ASCII
-  subjects go to ext_authz); a bearer header of the service's shape holding at most
-  16 KiB of token, exactly one authorization header; and the clientId: the issuer's
-  fixed one, or its claims in order (the first present decides; it must be a string
-  naming a tenant in the table, whose ids are all valid).
-  A token that passed all of it is remembered (per Envoy worker, until the next
-  config) by its exact Authorization value with its exp, like the service's identity
-  cache: measured here, a warm token then costs about what a one-line Lua filter does.
+What the Lua checks, per issuer (Firebase, each OIDC issuer):
+- the token (jws_lua.py): a bearer header of the service's shape holding at most 16 KiB
+  of token, exactly one authorization header; strict base64url and JSON; no `crit`;
+  alg in the issuer's allow-list (RS256/384/512 only) and a non-empty kid naming one of
+  the issuer's keys, whose own alg, when known, is the only one it verifies; the
+  RSA signature, checked by Envoy's BoringSSL;
+- the claims: iss; aud (Firebase: exactly the project, a string; OIDC: a string or a
+  list holding one of the issuer's audiences); exp, iat (Firebase: and auth_time)
+  numbers, not in the future, exp not past, nbf, and every time claim present a
+  number; a non-empty sub of at most 128 (Firebase) or 255 (OIDC) bytes (the service
+  counts characters: longer non-ASCII subjects go to ext_authz); and the clientId: the
+  issuer's fixed one, or its claims in order (the first present decides; it must be a
+  string naming a tenant in the table, whose ids are all valid).
+A token that passed all of it is remembered (per Envoy worker, until the next config)
+by its exact Authorization value with its exp, like the service's identity cache: a
+token seen again costs one table lookup and its expiry check.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from envoy.config.core.v3 import extension_pb2
-from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from google.protobuf import any_pb2
 
@@ -43,28 +40,21 @@ from authz.credentials.jose.jwks import Jwk
 from authz.credentials.jose.jwt import MAX_TOKEN_BYTES
 from authz.credentials.oidc import MAX_SUBJECT_CHARS as OIDC_MAX_SUBJECT
 from authz.credentials.oidc import OidcIssuer, OidcVerifier
-from authz.fastpath.blocks import (
-    DECIDED_KEY,
-    DECIDED_NAMESPACE,
-    JWT_FILTER,
-    LUA_FILTER,
-    NOOP_LUA,
-)
+from authz.fastpath.blocks import DECIDED_KEY, DECIDED_NAMESPACE, LUA_FILTER, NOOP_LUA
 from authz.fastpath.governance_lua import (
     GOVERNANCE_LUA,
     Exhausted,
     exhausted_table,
     policy_tables,
 )
+from authz.fastpath.jws_lua import JWS_LUA, lua_keys
 from authz.fastpath.lua_text import lua_string
 from authz.governance.policy import Policy
 
-JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
 # The access log reads the tenant from ext_authz's namespace; the fast path writes the
 # same keys there, so one log format serves both paths.
 LOG_NAMESPACE = "envoy.filters.http.ext_authz"
 FIREBASE_MAX_SUBJECT = 128
-JWT_CACHE_SIZE = 10_000
 # Verified tokens the Lua filter remembers per Envoy worker (emptied when full).
 LUA_CACHE_SIZE = 10_000
 # A POST body up to this size is read to see whether it might ask for a stream (the
@@ -92,7 +82,7 @@ class FastIssuer:
     Firebase: `firebase_issuer()`. OIDC: `oidc_issuer()` from an AUTHZ_OIDC_ISSUERS entry.
     """
 
-    name: str  # the jwt_authn provider; its metadata keys are NAME_payload, NAME_header
+    name: str  # "firebase", "oidc0", ...: for logs and tests
     issuer: str
     audiences: tuple[str, ...]
     #: True (Firebase): `aud` must be the one audience string. False (OIDC): a string
@@ -129,74 +119,19 @@ def oidc_issuer(index: int, config: OidcIssuer, keys: Mapping[str, Jwk]) -> Fast
         token_type=OidcVerifier.token_type)
 
 
-def _b64url_uint(value: int) -> str:
-    raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def jwks_from_keys(keys: Mapping[str, tuple[RSAPublicKey, str | None]]) -> dict[str, object]:
-    """Public keys (kid → (RSA key, alg or None)) as a JSON Web Key Set. A key with an alg
-    verifies only tokens of that alg (jwt_authn, as the service)."""
-    jwks = []
-    for kid in sorted(keys):
-        key, alg = keys[kid]
-        numbers = key.public_numbers()
-        jwk: dict[str, str] = {"kty": "RSA", "use": "sig", "kid": kid,
-                               "n": _b64url_uint(numbers.n), "e": _b64url_uint(numbers.e)}
-        if alg is not None:
-            jwk["alg"] = alg
-        jwks.append(jwk)
-    return {"keys": jwks}
-
-
-def jwt_authn_config(issuers: Sequence[FastIssuer], clock_skew_s: float
-                     ) -> jwt_pb2.JwtAuthentication:
-    """jwt_authn that verifies the issuers' tokens and never rejects.
-
-    No issuer with keys: no provider at all (every request goes to ext_authz).
-    """
-    config = jwt_pb2.JwtAuthentication()
-    served = [issuer for issuer in issuers if issuer.keys]
-    if not served:
-        return config
-    rule = config.rules.add()
-    rule.match.prefix = "/"
-    any_of = rule.requires.requires_any.requirements
-    for issuer in served:
-        provider = config.providers[issuer.name]
-        provider.issuer = issuer.issuer
-        provider.audiences.extend(issuer.audiences)
-        provider.require_expiration = True
-        provider.local_jwks.inline_string = json.dumps(jwks_from_keys(issuer.keys),
-                                                       sort_keys=True)
-        # Only the Authorization header: no access_token query parameter (jwt_authn's
-        # default), so the token verified is the one ext_authz would have been sent.
-        header = provider.from_headers.add()
-        header.name = "authorization"
-        header.value_prefix = "Bearer "
-        # Kept: when the Lua filter does not decide, ext_authz needs the token.
-        provider.forward = True
-        provider.payload_in_metadata = f"{issuer.name}_payload"
-        provider.header_in_metadata = f"{issuer.name}_header"
-        provider.clock_skew_seconds = int(clock_skew_s)
-        provider.jwt_cache_config.jwt_cache_size = JWT_CACHE_SIZE
-        any_of.add().provider_name = issuer.name
-    # A missing or failed token is not refused here: ext_authz gives the contract's 401.
-    any_of.add().allow_missing_or_failed.SetInParent()
-    return config
-
-
 def _lua_opt(value: str | None) -> str:
     return "false" if value is None else lua_string(value)
 
 
 _LUA_BODY = """
 -- Verified tokens by their exact Authorization value: a token seen again skips the
--- metadata read and the claim checks (as the service's identity cache does), but not
--- its expiry. The cache lives as long as this config: a push (new tenant table)
--- starts it empty.
+-- signature and the claim checks (as the service's identity cache does), but not its
+-- expiry. The cache lives as long as this config: a push (new tenant table) starts it
+-- empty.
 local CACHE = {}
 local CACHED = 0
+-- Time claims that must be numbers whenever present (jose/jwt.py check_times).
+local TIME_CLAIMS = {"iat", "auth_time", "nbf"}
 
 local function claim(payload, path)
   local node = payload
@@ -244,27 +179,19 @@ local function decide(handle, headers, client_id, tenant, token_type, user)
   metadata:set(DECIDED_NAMESPACE, DECIDED_KEY, true)
 end
 
--- The tenant of a verified token, or nil (then ext_authz decides).
-local function tenant_of(issuer, payload, header, authorization, now)
-  if type(payload) ~= "table" or type(header) ~= "table" then return nil end
-  if type(header.alg) ~= "string" or issuer.algorithms[header.alg] ~= true then return nil end
-  if type(header.kid) ~= "string" or header.kid == "" then return nil end
-  -- The service refuses a `crit` header (no extension is understood).
-  if header.crit ~= nil then return nil end
-  -- Three base64url segments without padding, as the service's JOSE parser demands:
-  -- another spelling of the same token (padding, '+' or '/') is not the same token.
-  local token = string.match(authorization,
-    "^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9_%-]+%.[A-Za-z0-9_%-]+%.[A-Za-z0-9_%-]+) *$")
-  if token == nil or #token > MAX_TOKEN then return nil end
-  if payload.iss ~= issuer.iss or not audience_ok(issuer, payload.aud) then return nil end
+-- The tenant of a verified token's payload, or nil (then ext_authz decides).
+local function tenant_of(issuer, payload, now)
+  if not audience_ok(issuer, payload.aud) then return nil end
   if not num(payload.exp) or payload.exp <= now + 1 - SKEW then return nil end
   for _, name in ipairs(issuer.not_after_now) do
     local value = payload[name]
     if not num(value) or value > now + SKEW then return nil end
   end
-  if payload.nbf ~= nil and (not num(payload.nbf) or payload.nbf > now + SKEW) then
-    return nil
+  -- A time claim that is present must be a number even where it is not needed.
+  for _, name in ipairs(TIME_CLAIMS) do
+    if payload[name] ~= nil and not num(payload[name]) then return nil end
   end
+  if payload.nbf ~= nil and payload.nbf > now + SKEW then return nil end
   local sub = payload.sub
   if type(sub) ~= "string" or sub == "" or #sub > issuer.max_subject then return nil end
   -- The service counts a user by its subject less a "client-key:" prefix (pipeline
@@ -323,25 +250,23 @@ local function served(handle, headers)
     end
     CACHE[authorization] = nil
   end
-  local verified = handle:streamInfo():dynamicMetadata():get(JWT_NAMESPACE)
-  if verified == nil then return nil end
-  for _, issuer in ipairs(ISSUERS) do
-    local payload = verified[issuer.payload_key]
-    if payload ~= nil then
-      -- One issuer verified this token; its rules alone decide.
-      local client_id, tenant = tenant_of(issuer, payload, verified[issuer.header_key],
-                                          authorization, now)
-      if client_id == nil then return nil end
-      if CACHED >= CACHE_MAX then
-        CACHE = {}
-        CACHED = 0
-      end
-      CACHE[authorization] = {client_id, tenant, payload.exp, issuer.token_type, payload.sub}
-      CACHED = CACHED + 1
-      return client_id, tenant, issuer.token_type, payload.sub
-    end
+  -- The service's shape of a bearer header: three base64url segments without padding
+  -- (another spelling of the same token is not the same token), at most 16 KiB.
+  local token = string.match(authorization,
+    "^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9_%-]+%.[A-Za-z0-9_%-]+%.[A-Za-z0-9_%-]+) *$")
+  if token == nil or #token > MAX_TOKEN then return nil end
+  -- Protected: a Lua error (say, a key Envoy cannot import) must only mean "not served".
+  local ok, issuer, payload = pcall(verified_token, handle, token)
+  if not ok or issuer == nil then return nil end
+  local client_id, tenant = tenant_of(issuer, payload, now)
+  if client_id == nil then return nil end
+  if CACHED >= CACHE_MAX then
+    CACHE = {}
+    CACHED = 0
   end
-  return nil
+  CACHE[authorization] = {client_id, tenant, payload.exp, issuer.token_type, payload.sub}
+  CACHED = CACHED + 1
+  return client_id, tenant, issuer.token_type, payload.sub
 end
 
 function envoy_on_request(handle)
@@ -394,8 +319,7 @@ def _lua_list(values: Sequence[str]) -> str:
 def _lua_issuer(issuer: FastIssuer) -> list[str]:
     return [
         "  {",
-        f"    payload_key = {lua_string(issuer.name + '_payload')},",
-        f"    header_key = {lua_string(issuer.name + '_header')},",
+        f"    keys = {lua_keys(issuer.keys)},",
         f"    iss = {lua_string(issuer.issuer)},",
         f"    exact_audience = "
         f"{lua_string(issuer.audiences[0]) if issuer.exact_audience else 'false'},",
@@ -426,7 +350,6 @@ def lua_source(issuers: Sequence[FastIssuer], tenants: Sequence[FastTenant],
     policy_lines, policy_refs = policy_tables([t.policy for t in ordered])
     lines = [
         "-- Generated by authz/fastpath/resources.py: the fast path's tenant table.",
-        f"local JWT_NAMESPACE = {lua_string(JWT_METADATA_NAMESPACE)}",
         f"local LOG_NAMESPACE = {lua_string(LOG_NAMESPACE)}",
         f"local DECIDED_NAMESPACE = {lua_string(DECIDED_NAMESPACE)}",
         f"local DECIDED_KEY = {lua_string(DECIDED_KEY)}",
@@ -448,12 +371,15 @@ def lua_source(issuers: Sequence[FastIssuer], tenants: Sequence[FastTenant],
         "}",
         *exhausted_table(exhausted or {}),
     ]
-    return "\n".join(lines) + GOVERNANCE_LUA + _LUA_BODY
+    return "\n".join(lines) + GOVERNANCE_LUA + JWS_LUA + _LUA_BODY
 
 
 def lua_config(source: str) -> lua_pb2.Lua:
     config = lua_pb2.Lua()
     config.default_source_code.inline_string = source
+    # The headers it sets (authorization, OpenAI-Organization/-Project) choose no route:
+    # the route picked before it stands, without a second match per request.
+    config.clear_route_cache.value = False
     return config
 
 
@@ -475,7 +401,6 @@ def build_resources(
     tokens go to ext_authz); with none left, both filters decide nothing. `exhausted`:
     the tenants and users whose tokens for the day are used up (governance_lua.py)."""
     return {
-        JWT_FILTER: extension_config(JWT_FILTER, jwt_authn_config(issuers, clock_skew_s)),
         LUA_FILTER: extension_config(
             LUA_FILTER, lua_config(lua_source(issuers, tenants, clock_skew_s, lease_until,
                                            exhausted))),

@@ -1,25 +1,21 @@
-"""authz.fastpath: what Envoy is sent (JWKS, jwt_authn, Lua), built without an Envoy."""
+"""authz.fastpath: what Envoy is sent (the Lua filter's config), built without an Envoy."""
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 
 from authz.credentials.jose.jwks import Jwk
 from authz.credentials.oidc import OidcIssuer
-from authz.fastpath.blocks import JWT_FILTER, LUA_FILTER, NOOP_LUA
+from authz.fastpath.blocks import LUA_FILTER, NOOP_LUA
 from authz.fastpath.resources import (
     FastTenant,
     build_resources,
     firebase_issuer,
-    jwks_from_keys,
-    jwt_authn_config,
     lua_source,
     oidc_issuer,
 )
@@ -43,49 +39,26 @@ OIDC = oidc_issuer(0, OidcIssuer("https://login.example.test/", ("relay", "api")
 TENANTS = [FastTenant("acme", "sk-acme-1"), FastTenant("globex", "sk-globex-2", "org-g", None)]
 
 
-def _uint(text: str) -> int:
-    return int.from_bytes(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), "big")
+def der_literal(key) -> str:
+    der = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return '"' + "".join(f"\\{b:03d}" for b in der) + '"'
 
 
-def test_jwks_carries_each_cert_key_as_an_rs256_jwk():
-    [jwk] = jwks_from_keys({"kid-1": (KEY, "RS256")})["keys"]  # type: ignore[misc]
-    numbers = KEY.public_numbers()
-    assert (jwk["kid"], jwk["kty"], jwk["alg"], jwk["use"]) == ("kid-1", "RSA", "RS256", "sig")
-    assert (_uint(jwk["n"]), _uint(jwk["e"])) == (numbers.n, numbers.e)
-    assert "=" not in jwk["n"] + jwk["e"]
-
-
-def test_jwt_authn_verifies_firebase_and_never_rejects():
-    config = jwt_authn_config([firebase()], 30)
-    provider = config.providers["firebase"]
-    assert provider.issuer == f"https://securetoken.google.com/{PROJECT}"
-    assert list(provider.audiences) == [PROJECT]
-    assert provider.require_expiration
-    assert provider.forward
-    assert provider.clock_skew_seconds == 30
-    # The header only: jwt_authn's default would also read ?access_token=.
-    assert [(h.name, h.value_prefix) for h in provider.from_headers] == [
-        ("authorization", "Bearer ")]
-    assert not provider.from_params
-    assert json.loads(provider.local_jwks.inline_string) == jwks_from_keys(
-        {"kid-1": (KEY, "RS256")})
-    assert (provider.payload_in_metadata, provider.header_in_metadata) == (
-        "firebase_payload", "firebase_header")
-    [rule] = config.rules
-    requirements = rule.requires.requires_any.requirements
-    assert [r.WhichOneof("requires_type") for r in requirements] == [
-        "provider_name", "allow_missing_or_failed"]
+def test_each_issuers_keys_are_sent_as_der_with_their_own_algorithm():
+    source = lua_source([firebase(), OIDC], TENANTS, 30, LEASE)
+    # Firebase's certificates are RS256 keys; an OIDC key keeps the alg its JWKS named,
+    # or none (then the issuer's allow-list decides).
+    assert f'    keys = {{["kid-1"] = {{{der_literal(KEY)}, "RS256"}}}},' in source
+    assert (f'    keys = {{["k-a"] = {{{der_literal(KEY)}, "RS384"}}, '
+            f'["k-b"] = {{{der_literal(KEY)}, false}}}},') in source
 
 
 @pytest.mark.parametrize("issuers", [[], [firebase({})]], ids=["no-issuer", "no-keys"])
 def test_without_an_issuer_with_keys_nothing_is_verified(issuers):
     resources = build_resources(issuers, TENANTS, 30, LEASE)
-    jwt = jwt_pb2.JwtAuthentication()
-    resources[JWT_FILTER].typed_config.Unpack(jwt)
+    assert list(resources) == [LUA_FILTER]
     lua = lua_pb2.Lua()
     resources[LUA_FILTER].typed_config.Unpack(lua)
-    assert not jwt.providers
-    assert not jwt.rules
     assert lua.default_source_code.inline_string == NOOP_LUA
 
 
@@ -189,18 +162,3 @@ def test_the_policy_envoy_enforces(policy, default, served):
 ])
 def test_tenant_records_are_read_as_the_service_reads_them(client_id, data, expected):
     assert tenant_from_record(client_id, data) == expected
-
-
-def test_oidc_providers_keep_each_keys_own_algorithm():
-    config = jwt_authn_config([firebase(), OIDC], 30)
-    assert sorted(config.providers) == ["firebase", "oidc0"]
-    provider = config.providers["oidc0"]
-    assert provider.issuer == "https://login.example.test/"
-    assert list(provider.audiences) == ["relay", "api"]
-    keys = {k["kid"]: k for k in json.loads(provider.local_jwks.inline_string)["keys"]}
-    assert keys["k-a"]["alg"] == "RS384"
-    assert "alg" not in keys["k-b"]  # the issuer named none: the Lua allow-list decides
-    [rule] = config.rules
-    assert [r.WhichOneof("requires_type") or "" for r in
-            rule.requires.requires_any.requirements] == [
-        "provider_name", "provider_name", "allow_missing_or_failed"]

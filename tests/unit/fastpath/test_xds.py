@@ -12,12 +12,15 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from authz.errors import VaultUnavailable
-from authz.fastpath.blocks import JWT_FILTER, LUA_FILTER
+from authz.fastpath.blocks import LUA_FILTER
 from authz.fastpath.resources import FastIssuer, FastTenant, firebase_issuer
 from authz.fastpath.xds import EXTENSION_CONFIG_TYPE, AdsServer, FastPathControl
 from authz.governance.policy import parse_policy
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+
+# A resource Envoy did not subscribe to: never sent to it.
+OTHER_FILTER = "relay.other"
 
 
 def issuers() -> list[FastIssuer]:
@@ -63,7 +66,7 @@ class Envoy:
 def test_subscribe_ack_push_nack_and_close():
     async def scenario() -> None:
         ads = AdsServer()
-        ads.update({JWT_FILTER: config(JWT_FILTER, "a"), LUA_FILTER: config(LUA_FILTER, "b")})
+        ads.update({OTHER_FILTER: config(OTHER_FILTER, "a"), LUA_FILTER: config(LUA_FILTER, "b")})
         envoy = Envoy(ads)
         await envoy.requests.put(request([LUA_FILTER]))
         first = await envoy.next()
@@ -73,9 +76,9 @@ def test_subscribe_ack_push_nack_and_close():
         assert unpacked.name == LUA_FILTER
         # An ACK sends nothing back; the same resources again are no change at all.
         await envoy.requests.put(request([LUA_FILTER], first.nonce, "1"))
-        assert not ads.update({JWT_FILTER: config(JWT_FILTER, "a"),
+        assert not ads.update({OTHER_FILTER: config(OTHER_FILTER, "a"),
                                LUA_FILTER: config(LUA_FILTER, "b")})
-        assert ads.update({JWT_FILTER: config(JWT_FILTER, "a"),
+        assert ads.update({OTHER_FILTER: config(OTHER_FILTER, "a"),
                            LUA_FILTER: config(LUA_FILTER, "c")})
         second = await envoy.next()
         assert second.version_info == "2"

@@ -465,7 +465,7 @@ def test_fast_path_off_renders_exactly_the_template_without_it(monkeypatch, kwar
     assert "dynamic_resources" not in off
 
 
-def test_fast_path_on_adds_ads_the_two_filters_and_the_ext_authz_switch():
+def test_fast_path_on_adds_ads_the_lua_filter_and_the_ext_authz_switch():
     on = _render(fast_path=True)
     off = _render()
     # ADS and the metering log, over the authz cluster.
@@ -475,8 +475,9 @@ def test_fast_path_on_adds_ads_the_two_filters_and_the_ext_authz_switch():
     assert 'node:\n  id: "openai-relay"' in on
     filters = on.split("http_filters:", 1)[1]
     order = [filters.index(name) for name in (
-        '"relay.fast_path.jwt_authn"', '"relay.fast_path.lua"', "envoy.filters.http.ext_authz")]
+        '"relay.fast_path.lua"', "envoy.filters.http.ext_authz")]
     assert order == sorted(order)
+    assert "jwt_authn" not in on  # the Lua verifies tokens itself
     assert "apply_default_config_without_warming: true" in on
     assert 'filter: "relay.fast_path"' in on
     assert "invert: true" in on
