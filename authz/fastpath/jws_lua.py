@@ -44,30 +44,42 @@ do
   for i = 1, 64 do B64[string.byte(alphabet, i)] = i - 1 end
 end
 
--- Strict, canonical base64url without padding, or nil.
+-- Strict, canonical base64url without padding, or nil. Bytes are gathered as numbers
+-- and turned into a string a few thousand at a time (not one small string per group).
 local function b64url_decode(s)
   local n = #s
   if n % 4 == 1 or string.find(s, "[^A-Za-z0-9_%-]") then return nil end
-  local out = {}
+  local bytes, count, parts = {}, 0, {}
   local i = 1
   while i + 3 <= n do
     local a, b, c, d = string.byte(s, i, i + 3)
     local v = ((B64[a] * 64 + B64[b]) * 64 + B64[c]) * 64 + B64[d]
-    out[#out + 1] = string.char(math.floor(v / 65536), math.floor(v / 256) % 256, v % 256)
+    bytes[count + 1] = math.floor(v / 65536)
+    bytes[count + 2] = math.floor(v / 256) % 256
+    bytes[count + 3] = v % 256
+    count = count + 3
+    if count >= 3000 then
+      parts[#parts + 1] = string.char(unpack(bytes, 1, count))
+      count = 0
+    end
     i = i + 4
   end
   local rest = n - i + 1
   if rest == 2 then
     local a, b = B64[string.byte(s, i)], B64[string.byte(s, i + 1)]
     if b % 16 ~= 0 then return nil end
-    out[#out + 1] = string.char(a * 4 + b / 16)
+    bytes[count + 1] = a * 4 + b / 16
+    count = count + 1
   elseif rest == 3 then
     local a, b, c = B64[string.byte(s, i)], B64[string.byte(s, i + 1)], B64[string.byte(s, i + 2)]
     if c % 4 ~= 0 then return nil end
     local v = (a * 64 + b) * 64 + c
-    out[#out + 1] = string.char(math.floor(v / 1024), math.floor(v / 4) % 256)
+    bytes[count + 1] = math.floor(v / 1024)
+    bytes[count + 2] = math.floor(v / 4) % 256
+    count = count + 2
   end
-  return table.concat(out)
+  parts[#parts + 1] = string.char(unpack(bytes, 1, count))
+  return table.concat(parts)
 end
 
 local function utf8_char(cp)
@@ -86,6 +98,11 @@ local ESCAPES = {['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\008", f = "\012"
 
 -- The string that starts at i (a quote) and the index after it, or nil.
 local function decode_string(s, i)
+  -- Most strings hold no escape: their text is the source's, as it is.
+  local first = string.find(s, '["\\%z\1-\31]', i + 1)
+  if first ~= nil and string.byte(s, first) == 34 then
+    return string.sub(s, i + 1, first - 1), first + 1
+  end
   local parts = {}
   local j = i + 1
   while true do

@@ -148,8 +148,11 @@ class FastPathControl:
         clock_skew_s: float,
         exhausted: Callable[[Mapping[str, Limits]], Awaitable[Exhausted]] | None = None,
         poll_s: float = 1.0,
-        lease_s: float = 10.0,
-        renew_s: float = 5.0,
+        # 5-15 s ahead, renewed every 10 s: each renewal rebuilds the Lua filter and
+        # empties its token cache (every token is verified again), so renewals are as
+        # rare as the 15 s bound allows.
+        lease_s: float = 5.0,
+        renew_s: float = 10.0,
         budget_delay_s: float = 0.1,
         clock: Callable[[], float] = time.time,
     ) -> None:

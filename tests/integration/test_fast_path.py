@@ -624,7 +624,7 @@ def test_with_authz_down_envoy_stops_deciding_alone_when_the_lease_runs_out(
         assert get(relay, bearer(token)).status_code == 200
     assert paths.fast == 1
     relay.authz.stop()
-    # Lease 10 s, renewed every 5 s: at most 15 s of serving without the control plane.
+    # Lease 5 s, renewed every 10 s: at most 15 s of serving without the control plane.
     took = seconds_until(lambda: get(relay, bearer(token)).status_code == 500, timeout=17)
     assert took <= 15.5
     upstream.clear()
