@@ -105,7 +105,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
 
     started = time.perf_counter()
     issuers = [firebase_issuer("bench-relay", public, ("clientId", "firebase.tenant"))]
-    resources = build_resources(issuers, tenants.tenants, 30, int(time.time()) + 60, state)
+    resources = build_resources(issuers, tenants.tenants, 30, state)
     build_s = time.perf_counter() - started
     size = sum(len(r.SerializeToString()) for r in resources.values())
     print(f"{args.tenants} tenants ({len(budgeted)} with a budget, "

@@ -270,9 +270,6 @@ local function served(handle, headers)
 end
 
 function envoy_on_request(handle)
-  -- Past the lease the authz service did not renew (it is down or cut off), decide
-  -- nothing: ext_authz then fails closed, as with the fast path off.
-  if os.time() >= LEASE_UNTIL then return end
   local headers = handle:headers()
   local client_id, tenant, token_type, user = served(handle, headers)
   if client_id == nil then return end
@@ -336,7 +333,7 @@ def _lua_issuer(issuer: FastIssuer) -> list[str]:
 
 
 def lua_source(issuers: Sequence[FastIssuer], tenants: Sequence[FastTenant],
-               clock_skew_s: float, lease_until: int, exhausted: Exhausted | None = None
+               clock_skew_s: float, exhausted: Exhausted | None = None
                ) -> str:
     """The Lua filter's code: constants, the issuers, the tenant table, the fixed logic.
 
@@ -357,7 +354,6 @@ def lua_source(issuers: Sequence[FastIssuer], tenants: Sequence[FastTenant],
         f"local MAX_TOKEN = {MAX_TOKEN_BYTES}",
         f"local MAX_BODY = {MAX_CHECKED_BODY_BYTES}",
         f"local CACHE_MAX = {LUA_CACHE_SIZE}",
-        f"local LEASE_UNTIL = {int(lease_until)}",
         "local ISSUERS = {",
         *(line for issuer in served for line in _lua_issuer(issuer)),
         "}",
@@ -394,14 +390,10 @@ def build_resources(
     issuers: Sequence[FastIssuer],
     tenants: Sequence[FastTenant],
     clock_skew_s: float,
-    lease_until: int,
     exhausted: Exhausted | None = None,
 ) -> dict[str, extension_pb2.TypedExtensionConfig]:
-    """Both ECDS resources by name. An issuer without keys is left out of both (its
-    tokens go to ext_authz); with none left, both filters decide nothing. `exhausted`:
-    the tenants and users whose tokens for the day are used up (governance_lua.py)."""
-    return {
-        LUA_FILTER: extension_config(
-            LUA_FILTER, lua_config(lua_source(issuers, tenants, clock_skew_s, lease_until,
-                                           exhausted))),
-    }
+    """The ECDS resource by name. An issuer without keys is left out (its tokens go to
+    ext_authz); with none left, the filter decides nothing. `exhausted`: the tenants
+    and users whose tokens for the day are used up (governance_lua.py)."""
+    source = lua_source(issuers, tenants, clock_skew_s, exhausted)
+    return {LUA_FILTER: extension_config(LUA_FILTER, lua_config(source))}

@@ -1,5 +1,5 @@
 """The fast path's control plane: an ADS server (grpc.aio, on the authz service's own
-port) that serves Envoy the two extension configs, and the loop that keeps them current.
+port) that serves Envoy the Lua filter's config, and the loop that keeps it current.
 
 State of the world, one version for all resources. Envoy subscribes to each filter's
 config by name (ECDS); every change (new Firebase keys, a tenant put, rotated or removed
@@ -12,10 +12,12 @@ today, from the limiter) is read at each poll and shortly after each metered req
 a budgeted tenant, so Envoy stops serving them alone within a fraction of a second of
 the usage that used the budget up.
 
-The Lua config carries a lease (a wall-clock deadline): renewed with a push every
-`renew_s`, it runs `lease_s` to `lease_s + renew_s` ahead. If this service dies or is
-cut off, Envoy stops deciding alone when the lease runs out, and ext_authz fails closed
-as with the fast path off: a tenant removed meanwhile is not served for longer.
+A lease: the config is sent with an xDS TTL (`lease_s`) and sent again, unchanged, every
+`renew_s`. Envoy refreshes the TTL and, the config being the same, keeps its Lua filter
+as it is (its token cache included). If this service dies or is cut off, the TTL runs
+out, Envoy removes the config and falls back to the filter's default, which decides
+nothing: every request goes to ext_authz, which fails closed as with the fast path off.
+A tenant removed meanwhile is not served for longer than `lease_s`.
 
 Nothing secret is logged: the Lua config holds tenant keys, so neither it nor Envoy's
 rejection message (which can quote it) is ever written out.
@@ -27,14 +29,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 from envoy.config.core.v3 import extension_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2, duration_pb2
 
 from authz.errors import VaultUnavailable
 from authz.fastpath.governance_lua import Exhausted
@@ -45,12 +46,20 @@ from authz.governance.model import Limits
 log = logging.getLogger(__name__)
 
 EXTENSION_CONFIG_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+RESOURCE_TYPE = "type.googleapis.com/envoy.service.discovery.v3.Resource"
+#: Envoy decides alone for at most this long after the last renewal it received.
+LEASE_S = 15.0
+#: Renewals within one lease: a lost or late one does not end it.
+RENEW_S = 5.0
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves the current extension configs to every connected Envoy."""
 
-    def __init__(self) -> None:
+    def __init__(self, ttl_s: float | None = LEASE_S) -> None:
+        #: Each resource's xDS TTL: Envoy drops a config not sent again within it.
+        self._ttl = None if ttl_s is None else duration_pb2.Duration(
+            seconds=int(ttl_s), nanos=round(ttl_s % 1 * 1e9))
         self._resources: dict[str, bytes] = {}
         self._version = 0
         self._streams: set[asyncio.Event] = set()
@@ -74,6 +83,15 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             wake.set()
         return True
 
+    def renew(self) -> None:
+        """Send the same resources again under a new version: Envoy refreshes their TTL
+        and, their content unchanged, rebuilds nothing."""
+        if not self._resources:
+            return
+        self._version += 1
+        for wake in self._streams:
+            wake.set()
+
     def close(self) -> None:
         """End every stream (at shutdown: a server drain waits for open streams, and
         these never end on their own). Envoy keeps the configs it has."""
@@ -87,8 +105,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if type_url == EXTENSION_CONFIG_TYPE:
             for name in names or sorted(self._resources):
                 raw = self._resources.get(name)
-                if raw is not None:
+                if raw is None:
+                    continue
+                if self._ttl is None:
                     response.resources.add(type_url=EXTENSION_CONFIG_TYPE, value=raw)
+                    continue
+                wrapped = discovery_pb2.Resource(
+                    name=name, version=response.version_info, ttl=self._ttl,
+                    resource=any_pb2.Any(type_url=EXTENSION_CONFIG_TYPE, value=raw))
+                response.resources.add(type_url=RESOURCE_TYPE,
+                                       value=wrapped.SerializeToString(deterministic=True))
         return response
 
     async def StreamAggregatedResources(
@@ -148,22 +174,15 @@ class FastPathControl:
         clock_skew_s: float,
         exhausted: Callable[[Mapping[str, Limits]], Awaitable[Exhausted]] | None = None,
         poll_s: float = 1.0,
-        # 5-15 s ahead, renewed every 10 s: each renewal rebuilds the Lua filter and
-        # empties its token cache (every token is verified again), so renewals are as
-        # rare as the 15 s bound allows.
-        lease_s: float = 5.0,
-        renew_s: float = 10.0,
+        renew_s: float = RENEW_S,
         budget_delay_s: float = 0.1,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.ads = ads
         self._tenants = tenants
         self._issuers = issuers
         self._skew = clock_skew_s
         self._poll_s = poll_s
-        self._lease_s = lease_s
         self._renew_s = renew_s
-        self._clock = clock
         self._exhausted_of = exhausted
         self._last_tenants: list[FastTenant] = []
         self._last_exhausted: Exhausted = {}
@@ -231,19 +250,15 @@ class FastPathControl:
 
     def _publish(self) -> None:
         issuers = self._issuers()
-        # Rounded up to whole renew periods: one push per period, not one per poll.
-        lease_until = int(math.ceil((self._clock() + self._lease_s) / self._renew_s)
-                          * self._renew_s)
         changed = self.ads.update(build_resources(
-            issuers, self._last_tenants, self._skew, lease_until, self._last_exhausted))
+            issuers, self._last_tenants, self._skew, self._last_exhausted))
         content = (tuple(self._last_tenants), tuple(sorted(self._last_exhausted.items())),
                    tuple((i.name, tuple(sorted(i.keys))) for i in issuers))
         if changed and content != self._last_content:
             log.info("fast path config updated", extra={
                 "version": self.ads.version, "tenants": len(self._last_tenants),
                 "issuers": {i.name: len(i.keys) for i in issuers},
-                "budgets_used_up": len(self._last_exhausted),
-                "lease_until": lease_until})
+                "budgets_used_up": len(self._last_exhausted)})
         self._last_content = content
 
     async def _refresh_exhausted(self) -> None:
@@ -287,10 +302,17 @@ class FastPathControl:
             except Exception:
                 log.exception("fast path budget refresh failed")
 
+    async def run_renewals(self) -> None:
+        """The lease: the config sent again every renew_s, within its TTL."""
+        while True:
+            await asyncio.sleep(self._renew_s)
+            self.ads.renew()
+
     def start(self) -> None:
         if not self._tasks:
             self._tasks = [asyncio.ensure_future(self.run()),
-                           asyncio.ensure_future(self.run_budgets())]
+                           asyncio.ensure_future(self.run_budgets()),
+                           asyncio.ensure_future(self.run_renewals())]
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -642,6 +642,26 @@ def test_with_authz_down_envoy_stops_deciding_alone_when_the_lease_runs_out(
     seconds_until(served_by_envoy, timeout=10)
 
 
+LUA_STATS = "extension_config_discovery.http_filter.relay.fast_path.lua."
+
+
+def test_a_lease_renewal_keeps_envoys_lua_filter_and_its_token_cache(fast_relay, upstream,
+                                                                    token_for):
+    """The lease is renewed by sending the same config again (its xDS TTL refreshed):
+    Envoy accepts it without rebuilding the filter, so the tokens it verified stay
+    remembered instead of being verified again every few seconds."""
+    token = token_for("acme")
+    assert get(fast_relay, bearer(token)).status_code == 200
+    before = envoy_counters(fast_relay)
+    seconds_until(lambda: envoy_counters(fast_relay)[LUA_STATS + "update_success"]
+                  > before[LUA_STATS + "update_success"], timeout=8)
+    after = envoy_counters(fast_relay)
+    assert after[LUA_STATS + "config_reload"] == before[LUA_STATS + "config_reload"]
+    with Paths(fast_relay) as paths:
+        assert get(fast_relay, bearer(token)).status_code == 200
+    assert paths.fast == 1
+
+
 def test_a_key_with_quotes_and_backslashes_reaches_the_upstream_intact(
         fast_relay, vault, upstream, token_for):
     # The tenant table is Lua source generated from Vault's values: none may break it.

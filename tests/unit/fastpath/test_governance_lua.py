@@ -223,7 +223,7 @@ def test_the_whole_generated_filter_compiles_in_luajit():
     source = lua_source(
         [firebase_issuer("demo", {"k": key}, ("clientId",))],
         [FastTenant("acme", "sk-1"), FastTenant("globex", "sk-2", policy=MODELS_POLICY)],
-        30, 1_900_000_000, {"acme": frozenset({"u1"})})
+        30, {"acme": frozenset({"u1"})})
     runtime = lupa.LuaRuntime(encoding=None)
     runtime.execute(source.encode())
     assert runtime.eval("type(envoy_on_request)") == b"function"

@@ -64,7 +64,7 @@ def verify(hash_name: bytes, der: bytes, signature: bytes, text: bytes) -> bool:
 @pytest.fixture(scope="module")
 def lua():
     issuer = firebase_issuer(PROJECT, {"kid-1": KEY.public_key()}, ("clientId",))
-    source = lua_source([issuer], [FastTenant("acme", "sk-acme-1")], 30, 1_900_000_000)
+    source = lua_source([issuer], [FastTenant("acme", "sk-acme-1")], 30)
     runtime = lupa.LuaRuntime(encoding=None)  # bytes in, bytes out: as Envoy's strings
     return runtime.execute((source + EXPORTS).encode())
 

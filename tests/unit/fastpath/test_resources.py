@@ -24,7 +24,6 @@ from authz.governance.policy import ALLOW_ALL, parse_policy
 
 PROJECT = "demo-relay"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-LEASE = 1_900_000_000
 CLAIMS = ("clientId", "firebase.tenant")
 
 
@@ -45,7 +44,7 @@ def der_literal(key) -> str:
 
 
 def test_each_issuers_keys_are_sent_as_der_with_their_own_algorithm():
-    source = lua_source([firebase(), OIDC], TENANTS, 30, LEASE)
+    source = lua_source([firebase(), OIDC], TENANTS, 30)
     # Firebase's certificates are RS256 keys; an OIDC key keeps the alg its JWKS named,
     # or none (then the issuer's allow-list decides).
     assert f'    keys = {{["kid-1"] = {{{der_literal(KEY)}, "RS256"}}}},' in source
@@ -55,7 +54,7 @@ def test_each_issuers_keys_are_sent_as_der_with_their_own_algorithm():
 
 @pytest.mark.parametrize("issuers", [[], [firebase({})]], ids=["no-issuer", "no-keys"])
 def test_without_an_issuer_with_keys_nothing_is_verified(issuers):
-    resources = build_resources(issuers, TENANTS, 30, LEASE)
+    resources = build_resources(issuers, TENANTS, 30)
     assert list(resources) == [LUA_FILTER]
     lua = lua_pb2.Lua()
     resources[LUA_FILTER].typed_config.Unpack(lua)
@@ -63,7 +62,7 @@ def test_without_an_issuer_with_keys_nothing_is_verified(issuers):
 
 
 def test_lua_holds_the_tenant_table_and_the_settings():
-    source = lua_source([firebase(), OIDC], TENANTS, 30, LEASE)
+    source = lua_source([firebase(), OIDC], TENANTS, 30)
     assert '["acme"] = {"Bearer sk-acme-1", false, false, false},' in source
     assert '["globex"] = {"Bearer sk-globex-2", "org-g", false, false},' in source
     assert '    claims = {{"clientId"}, {"firebase", "tenant"}},' in source
@@ -78,10 +77,6 @@ def test_lua_holds_the_tenant_table_and_the_settings():
     assert '    not_after_now = {"iat"},\n    max_subject = 255,' in source
     assert '    claims = {{"org", "tenant"}},\n    token_type = "oidc",' in source
     assert "local SKEW = 30" in source
-    assert f"local LEASE_UNTIL = {LEASE}" in source
-    # The lease is checked before anything else.
-    body = source.split("function envoy_on_request(handle)", 1)[1]
-    assert body.split("\n")[3] == "  if os.time() >= LEASE_UNTIL then return end"
     assert "function envoy_on_request(handle)" in source
     assert "envoy_on_response" not in source  # nothing runs on the response side
 
@@ -89,7 +84,7 @@ def test_lua_holds_the_tenant_table_and_the_settings():
 def test_every_escape_in_the_generated_lua_is_one_lua_knows():
     r"""Lua refuses the whole script for one unknown escape (Envoy then rejects the push);
     code outside comments may only use \\, \", \', \n, \t, \r and \ddd."""
-    source = lua_source([firebase(), OIDC], TENANTS, 30, LEASE)
+    source = lua_source([firebase(), OIDC], TENANTS, 30)
     code = "\n".join(line.split("--", 1)[0] for line in source.splitlines())
     assert re.findall(r"\\(?![\\\"'ntr0-9])", code.replace("\\\\", "")) == []
     assert 'string.find(bytes, "\\\\u", 1, true)' in source  # the two bytes \u
@@ -100,7 +95,7 @@ def test_every_escape_in_the_generated_lua_is_one_lua_knows():
 ])
 def test_no_value_escapes_its_lua_string(hostile):
     source = lua_source([firebase()], [FastTenant("acme", hostile, hostile, hostile)],
-                        30, LEASE)
+                        30)
     table = source.split("local TENANTS = {\n", 1)[1].split("\n}", 1)[0]
     # One line, only printable ASCII, every quote and backslash written as \ddd.
     assert "\n" not in table
@@ -117,8 +112,8 @@ def test_no_value_escapes_its_lua_string(hostile):
 
 
 def test_tenant_table_is_sorted_so_equal_inputs_give_equal_configs():
-    first = build_resources([firebase(), OIDC], TENANTS, 30, LEASE)
-    second = build_resources([firebase(), OIDC], TENANTS[::-1], 30, LEASE)
+    first = build_resources([firebase(), OIDC], TENANTS, 30)
+    second = build_resources([firebase(), OIDC], TENANTS[::-1], 30)
     assert {n: r.SerializeToString(deterministic=True) for n, r in first.items()} == {
         n: r.SerializeToString(deterministic=True) for n, r in second.items()}
 

@@ -14,7 +14,13 @@ from google.rpc import status_pb2
 from authz.errors import VaultUnavailable
 from authz.fastpath.blocks import LUA_FILTER
 from authz.fastpath.resources import FastIssuer, FastTenant, firebase_issuer
-from authz.fastpath.xds import EXTENSION_CONFIG_TYPE, AdsServer, FastPathControl
+from authz.fastpath.xds import (
+    EXTENSION_CONFIG_TYPE,
+    LEASE_S,
+    RESOURCE_TYPE,
+    AdsServer,
+    FastPathControl,
+)
 from authz.governance.policy import parse_policy
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
@@ -32,6 +38,18 @@ def config(name: str, text: str) -> extension_pb2.TypedExtensionConfig:
     resource.typed_config.type_url = "type.googleapis.com/x"
     resource.typed_config.value = text.encode()
     return resource
+
+
+def extension_of(response: discovery_pb2.DiscoveryResponse,
+                 index: int = 0) -> extension_pb2.TypedExtensionConfig:
+    """The extension config in a response's resource, unwrapped from its TTL envelope."""
+    wrapper = discovery_pb2.Resource()
+    assert response.resources[index].type_url == RESOURCE_TYPE
+    response.resources[index].Unpack(wrapper)
+    extension = extension_pb2.TypedExtensionConfig()
+    wrapper.resource.Unpack(extension)
+    assert wrapper.name == extension.name
+    return extension
 
 
 def request(names: list[str], nonce: str = "", version: str = "",
@@ -72,8 +90,10 @@ def test_subscribe_ack_push_nack_and_close():
         first = await envoy.next()
         assert (first.version_info, first.type_url) == ("1", EXTENSION_CONFIG_TYPE)
         [resource] = first.resources
-        unpacked = extension_pb2.TypedExtensionConfig.FromString(resource.value)
-        assert unpacked.name == LUA_FILTER
+        wrapper = discovery_pb2.Resource.FromString(resource.value)
+        # The lease: Envoy drops the config unless it is sent again within the TTL.
+        assert (wrapper.ttl.seconds, wrapper.version) == (LEASE_S, "1")
+        assert extension_of(first).name == LUA_FILTER
         # An ACK sends nothing back; the same resources again are no change at all.
         await envoy.requests.put(request([LUA_FILTER], first.nonce, "1"))
         assert not ads.update({OTHER_FILTER: config(OTHER_FILTER, "a"),
@@ -148,21 +168,42 @@ def test_a_poke_refreshes_at_once():
     asyncio.run(scenario())
 
 
-def test_the_lease_is_renewed_with_one_push_per_period():
+def test_a_renewal_sends_the_same_config_again_under_a_new_version():
+    """Envoy refreshes the TTL and, the config's hash unchanged, rebuilds nothing (its Lua
+    filter keeps its token cache); nothing is renewed before there is a config."""
     async def scenario() -> None:
-        now = [1001.0]
+        ads = AdsServer()
+        ads.renew()
+        assert ads.version == 0
+        ads.update({LUA_FILTER: config(LUA_FILTER, "b")})
+        envoy = Envoy(ads)
+        await envoy.requests.put(request([LUA_FILTER]))
+        first = await envoy.next()
+        await envoy.requests.put(request([LUA_FILTER], first.nonce, "1"))
+        ads.renew()
+        second = await envoy.next()
+        assert (first.version_info, second.version_info) == ("1", "2")
+        assert extension_of(second) == extension_of(first)
+        ads.close()
+        await asyncio.wait_for(envoy.task, 2)
+
+    asyncio.run(scenario())
+
+
+def test_the_control_plane_renews_every_period():
+    async def scenario() -> None:
         ads = AdsServer()
         control = FastPathControl(ads, FakeTenants(), issuers,  # type: ignore[arg-type]
-                                  clock_skew_s=30, lease_s=10, renew_s=5,
-                                  clock=lambda: now[0])
-        await control.refresh()
-        assert ads.version == 1
-        now[0] = 1004.0  # same period: the lease (1015) is unchanged, nothing is pushed
-        await control.refresh()
-        assert ads.version == 1
-        now[0] = 1006.0  # next period: the lease moves to 1020, pushed
-        await control.refresh()
-        assert ads.version == 2
+                                  clock_skew_s=30, poll_s=3600, renew_s=0.05)
+        control.start()
+        try:
+            for _ in range(200):
+                if ads.version >= 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert ads.version >= 3  # one build, then renewals of the same config
+        finally:
+            await control.stop()
 
     asyncio.run(scenario())
 
@@ -185,9 +226,9 @@ def test_used_up_budgets_are_pushed_and_an_unreadable_state_sends_budgets_to_ext
                                   clock_skew_s=30, exhausted=exhausted)
 
         def lua() -> str:
-            extension, config = extension_pb2.TypedExtensionConfig(), lua_pb2.Lua()
-            ads._response(EXTENSION_CONFIG_TYPE, [LUA_FILTER]).resources[0].Unpack(extension)
-            extension.typed_config.Unpack(config)
+            config = lua_pb2.Lua()
+            extension_of(ads._response(EXTENSION_CONFIG_TYPE, [LUA_FILTER])
+                         ).typed_config.Unpack(config)
             return str(config.default_source_code.inline_string)
 
         await control.refresh()
