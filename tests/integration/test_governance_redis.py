@@ -47,25 +47,6 @@ def make(redis_server: RedisServer, clock: Clock | None = None, *,  # type: igno
                              clock=clock or Clock(), flush_interval_s=0.01, **kwargs)
 
 
-class StoreEvents:
-    """Counts the limiter's falls back to counting alone (Redis slow or gone)."""
-
-    def __init__(self) -> None:
-        self.fallbacks = 0
-
-    def limit_rejected(self, limit: str) -> None:
-        pass
-
-    def metered(self, client_id: str, input_tokens: int, output_tokens: int) -> None:
-        pass
-
-    def store_up(self, up: bool) -> None:
-        pass
-
-    def store_fallback(self) -> None:
-        self.fallbacks += 1
-
-
 async def settled(limiter: GovernanceLimiter, deadline_s: float = 2.0) -> None:
     """Wait until the flusher has applied every queued settlement."""
     deadline = time.monotonic() + deadline_s
@@ -276,10 +257,10 @@ def test_far_from_the_limit_two_replicas_admit_without_waiting_within_the_bound(
     # (by design, when Redis is slower than its timeout) would count its own half only.
     # A loaded machine can stall Redis past the shipped 0.25 s, so the timeout here is
     # generous, and a fallback fails the test as such, not as a missed bound.
-    events = StoreEvents()
+    metrics = Metrics()
 
     async def scenario() -> tuple[int, int, int]:
-        replicas = [make(redis_server, clock=time.time, timeout_s=2.0, events=events)
+        replicas = [make(redis_server, clock=time.time, timeout_s=2.0, events=metrics)
                     for _ in range(2)]
         for replica in replicas:
             await replica.start()
@@ -309,7 +290,8 @@ def test_far_from_the_limit_two_replicas_admit_without_waiting_within_the_bound(
         return admitted, without_waiting, counted
 
     admitted, without_waiting, counted = asyncio.run(scenario())
-    assert events.fallbacks == 0, "Redis did not answer within 2 s: the bound was not tested"
+    fallbacks = metrics.redis_fallbacks._value.get()
+    assert fallbacks == 0, "Redis did not answer within 2 s: the bound was not tested"
     assert n <= admitted <= n + n // 10 + 2
     # The path under test was taken: each replica used at least its share once (1/40 of
     # the tenant's limit may be admitted before Redis has counted it).
