@@ -56,10 +56,9 @@ RENEW_S = 5.0
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves the current extension configs to every connected Envoy."""
 
-    def __init__(self, ttl_s: float | None = LEASE_S) -> None:
+    def __init__(self, ttl_s: float = LEASE_S) -> None:
         #: Each resource's xDS TTL: Envoy drops a config not sent again within it.
-        self._ttl = None if ttl_s is None else duration_pb2.Duration(
-            seconds=int(ttl_s), nanos=round(ttl_s % 1 * 1e9))
+        self._ttl = duration_pb2.Duration(seconds=int(ttl_s), nanos=round(ttl_s % 1 * 1e9))
         self._resources: dict[str, bytes] = {}
         self._version = 0
         self._streams: set[asyncio.Event] = set()
@@ -78,16 +77,17 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if serialized == self._resources:
             return False
         self._resources = serialized
-        self._version += 1
-        for wake in self._streams:
-            wake.set()
+        self._push()
         return True
 
     def renew(self) -> None:
         """Send the same resources again under a new version: Envoy refreshes their TTL
         and, their content unchanged, rebuilds nothing."""
-        if not self._resources:
-            return
+        if self._resources:
+            self._push()
+
+    def _push(self) -> None:
+        """A new version, sent to every stream."""
         self._version += 1
         for wake in self._streams:
             wake.set()
@@ -106,9 +106,6 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             for name in names or sorted(self._resources):
                 raw = self._resources.get(name)
                 if raw is None:
-                    continue
-                if self._ttl is None:
-                    response.resources.add(type_url=EXTENSION_CONFIG_TYPE, value=raw)
                     continue
                 wrapped = discovery_pb2.Resource(
                     name=name, version=response.version_info, ttl=self._ttl,
