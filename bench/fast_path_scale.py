@@ -30,6 +30,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from authz.fastpath.resources import FastTenant, build_resources, firebase_issuer
@@ -89,8 +90,12 @@ class Tenants:
 
 async def run(args: argparse.Namespace, work: Path) -> None:
     keys = FirebaseKeys("bench-relay")
-    public = {kid: x509.load_pem_x509_certificate(pem.encode()).public_key()
-              for kid, pem in keys.certs_json().items()}
+    public: dict[str, RSAPublicKey] = {}
+    for kid, pem in keys.certs_json().items():
+        key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+        if not isinstance(key, RSAPublicKey):
+            raise TypeError(f"signing key {kid} is not RSA")
+        public[kid] = key
     tenants = Tenants(args.tenants)
     budgeted = [t.client_id for t in tenants.tenants if t.policy is BUDGETED]
     used_up_users = args.users // 100

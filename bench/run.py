@@ -27,6 +27,7 @@ the Vault reads per tenant from authz's own /metrics.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -626,7 +627,7 @@ def sse_phase(opts: Options, fx: Fixture, relay_to_fake: Target) -> dict[str, An
             "gaps": len(gaps),
         }
 
-    out = {
+    out: dict[str, Any] = {
         "chunks": chunks,
         "interval_ms": interval,
         "streams": opts.sse_streams,
@@ -663,7 +664,9 @@ def cold_phase(opts: Options, fx: Fixture, relay: Target) -> dict[str, Any]:
     before = scrape(relay.metrics_urls[0])
     client = KeepAliveClient(relay.port)
     path = RELAY_PREFIX + CHAT_PATH
-    warm, new_token, new_tenant = [], [], []
+    warm: list[float] = []
+    new_token: list[float] = []
+    new_tenant: list[float] = []
     try:
         for _ in range(3):
             client.post(path, fx.tokens[3])
@@ -1023,7 +1026,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         if opts.http_floor:
             builders.append(lambda: start_http_floor(fx, opts.work_dir))
-        builders += [lambda v=v: start_relay(fx, opts.work_dir, v) for v in opts.variants]
+        for variant in opts.variants:
+            builders.append(functools.partial(start_relay, fx, opts.work_dir, variant))
         targets += [build() for build in builders]
         relay = next(t for t in targets if t.name == "relay")
         relay_started = time.monotonic()
@@ -1063,7 +1067,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         # SSE needs a streaming upstream: a relay Envoy to the fake, same authz process.
         ports = EnvoyPorts(free_port(), free_port())
-        authz_port = int(relay.roles["authz"][0].env["AUTHZ_GRPC_ADDR"].rsplit(":", 1)[1])
+        authz_addr = relay.roles["authz"][0].env["AUTHZ_GRPC_ADDR"]
+        if authz_addr is None:
+            raise RuntimeError("the relay's authz process has no AUTHZ_GRPC_ADDR")
+        authz_port = int(authz_addr.rsplit(":", 1)[1])
         envoy_sse = start_envoy(
             opts.work_dir, "relay-sse", render_relay(ports, authz_port, fx.fake.url), ports
         )
