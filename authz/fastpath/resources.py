@@ -333,12 +333,15 @@ def _lua_issuer(issuer: FastIssuer) -> list[str]:
 
 
 def lua_source(issuers: Sequence[FastIssuer], tenants: Sequence[FastTenant],
-               clock_skew_s: float, exhausted: Exhausted | None = None
-               ) -> str:
+               clock_skew_s: float, exhausted: Exhausted | None = None,
+               invalidations: int = 0) -> str:
     """The Lua filter's code: constants, the issuers, the tenant table, the fixed logic.
 
     Every value is a Lua string literal built by lua_string (no text from Vault or a
     setting is ever spliced in raw). No issuer with keys: the no-op, all to ext_authz.
+    `invalidations` counts `authz cache invalidate`s: a new count is a new source, so
+    Envoy builds the filter again and its token cache starts empty, as the service's
+    verified identities do.
     """
     served = [issuer for issuer in issuers if issuer.keys]
     if not served:
@@ -354,6 +357,7 @@ def lua_source(issuers: Sequence[FastIssuer], tenants: Sequence[FastTenant],
         f"local MAX_TOKEN = {MAX_TOKEN_BYTES}",
         f"local MAX_BODY = {MAX_CHECKED_BODY_BYTES}",
         f"local CACHE_MAX = {LUA_CACHE_SIZE}",
+        f"local INVALIDATIONS = {int(invalidations)}  -- a new count: a new, empty CACHE",
         "local ISSUERS = {",
         *(line for issuer in served for line in _lua_issuer(issuer)),
         "}",
@@ -391,9 +395,11 @@ def build_resources(
     tenants: Sequence[FastTenant],
     clock_skew_s: float,
     exhausted: Exhausted | None = None,
+    invalidations: int = 0,
 ) -> dict[str, extension_pb2.TypedExtensionConfig]:
     """The ECDS resource by name. An issuer without keys is left out (its tokens go to
     ext_authz); with none left, the filter decides nothing. `exhausted`: the tenants
-    and users whose tokens for the day are used up (governance_lua.py)."""
-    source = lua_source(issuers, tenants, clock_skew_s, exhausted)
+    and users whose tokens for the day are used up (governance_lua.py);
+    `invalidations`: see lua_source."""
+    source = lua_source(issuers, tenants, clock_skew_s, exhausted, invalidations)
     return {LUA_FILTER: extension_config(LUA_FILTER, lua_config(source))}

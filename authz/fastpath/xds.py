@@ -3,7 +3,8 @@ port) that serves Envoy the Lua filter's config, and the loop that keeps it curr
 
 State of the world, one version for all resources. Envoy subscribes to each filter's
 config by name (ECDS); every change (new Firebase keys, a tenant put, rotated or removed
-in Vault, `authz cache invalidate`) bumps the version and is pushed to every stream.
+in Vault, `authz cache invalidate`, which also empties Envoy's token cache) bumps the
+version and is pushed to every stream.
 Vault is polled every `poll_s` (1 s): the tenants' change log, and the tenants written
 since (tenants.py), so a rotation reaches Envoy within about 1 s plus a Vault read
 whatever the number of tenants; an invalidation triggers a poll at once, for the tenant
@@ -188,6 +189,7 @@ class FastPathControl:
         self._poke = asyncio.Event()
         self._named: set[str] = set()
         self._everything = False
+        self._invalidations = 0  # `authz cache invalidate`s so far (resources.py)
         self._budgets: dict[str, Limits] = {}  # the served tenants with a token budget
         self._settled: set[str] = set()  # those metered since the last budget read
         self._budget_poke = asyncio.Event()
@@ -195,7 +197,11 @@ class FastPathControl:
         self._tasks: list[asyncio.Task[None]] = []
 
     def poke(self, client_id: str | None = None) -> None:
-        """Re-read now (after `authz cache invalidate`): that tenant, or all of them."""
+        """`authz cache invalidate`: re-read now that tenant, or all of them, and push a
+        config Envoy must build anew, so that its token cache starts empty (the service
+        drops its verified identities). One count for a tenant or all: any new config
+        empties the whole cache."""
+        self._invalidations += 1
         if client_id is None:
             self._everything = True
         else:
@@ -248,9 +254,11 @@ class FastPathControl:
     def _publish(self) -> None:
         issuers = self._issuers()
         changed = self.ads.update(build_resources(
-            issuers, self._last_tenants, self._skew, self._last_exhausted))
+            issuers, self._last_tenants, self._skew, self._last_exhausted,
+            self._invalidations))
         content = (tuple(self._last_tenants), tuple(sorted(self._last_exhausted.items())),
-                   tuple((i.name, tuple(sorted(i.keys))) for i in issuers))
+                   tuple((i.name, tuple(sorted(i.keys))) for i in issuers),
+                   self._invalidations)
         if changed and content != self._last_content:
             log.info("fast path config updated", extra={
                 "version": self.ads.version, "tenants": len(self._last_tenants),

@@ -662,6 +662,24 @@ def test_a_lease_renewal_keeps_envoys_lua_filter_and_its_token_cache(fast_relay,
     assert paths.fast == 1
 
 
+def test_cache_invalidate_empties_envoys_token_cache_within_2s(fast_relay, token_for):
+    """`authz cache invalidate` drops the service's verified identities, and with the
+    fast path on Envoy's as well: even with Vault unchanged the invalidation is a new
+    config, so Envoy builds its Lua filter anew, token cache empty, and verifies the
+    token again at its next request."""
+    token = token_for("acme")
+    assert get(fast_relay, bearer(token)).status_code == 200
+    before = envoy_counters(fast_relay)[LUA_STATS + "config_reload"]
+    result = authz("cache", "invalidate", "acme", "--admin",
+                   fast_relay.metrics_url.removeprefix("http://").removesuffix("/metrics"))
+    assert result.returncode == 0, result.stderr
+    seconds_until(lambda: envoy_counters(fast_relay)[LUA_STATS + "config_reload"] > before,
+                  PUSH_DEADLINE_S)
+    with Paths(fast_relay) as paths:
+        assert get(fast_relay, bearer(token)).status_code == 200
+    assert paths.fast == 1
+
+
 def test_a_key_with_quotes_and_backslashes_reaches_the_upstream_intact(
         fast_relay, vault, upstream, token_for):
     # The tenant table is Lua source generated from Vault's values: none may break it.

@@ -168,6 +168,28 @@ def test_a_poke_refreshes_at_once():
     asyncio.run(scenario())
 
 
+def test_cache_invalidate_pushes_a_new_config_even_when_vault_holds_the_same():
+    """The service drops its verified identities on `authz cache invalidate`; Envoy's
+    token cache goes with its Lua filter, which Envoy builds anew only for a config whose
+    content differs. So every invalidation, of a tenant or all, is a new config."""
+    async def scenario() -> None:
+        ads, tenants = AdsServer(), FakeTenants()
+        control = FastPathControl(ads, tenants, issuers,  # type: ignore[arg-type]
+                                  clock_skew_s=30)
+        await control.refresh()
+        first = ads._response(EXTENSION_CONFIG_TYPE, [LUA_FILTER])
+        for client_id, version in (("acme", 2), (None, 3), ("not-a-tenant", 4)):
+            control.poke(client_id)
+            await control.refresh()
+            assert ads.version == version
+        await control.refresh()
+        assert ads.version == 4  # nothing invalidated since: nothing pushed
+        last = ads._response(EXTENSION_CONFIG_TYPE, [LUA_FILTER])
+        assert extension_of(last) != extension_of(first)
+
+    asyncio.run(scenario())
+
+
 def test_a_renewal_sends_the_same_config_again_under_a_new_version():
     """Envoy refreshes the TTL and, the config's hash unchanged, rebuilds nothing (its Lua
     filter keeps its token cache); nothing is renewed before there is a config."""
