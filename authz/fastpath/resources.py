@@ -55,8 +55,9 @@ from authz.governance.policy import Policy
 # same keys there, so one log format serves both paths.
 LOG_NAMESPACE = "envoy.filters.http.ext_authz"
 FIREBASE_MAX_SUBJECT = 128
-# Verified tokens the Lua filter remembers per Envoy worker (emptied when full).
-LUA_CACHE_SIZE = 10_000
+# Verified tokens the Lua filter remembers per Envoy worker, in each of its two
+# generations (so at most twice this many).
+LUA_CACHE_SIZE = 5_000
 # A POST body up to this size is read to see whether it might ask for a stream (the
 # same bound as the ext_authz check's max_request_bytes in envoy/envoy.yaml).
 MAX_CHECKED_BODY_BYTES = 16 * 1024 * 1024
@@ -127,9 +128,22 @@ _LUA_BODY = """
 -- Verified tokens by their exact Authorization value: a token seen again skips the
 -- signature and the claim checks (as the service's identity cache does), but not its
 -- expiry. The cache lives as long as this config: a push (new tenant table) starts it
--- empty.
-local CACHE = {}
+-- empty. Two generations of CACHE_MAX: when the current one is full it becomes the
+-- previous one (the one before is dropped), and a token found in the previous one moves
+-- back. So the tokens in use stay and those no longer used age out, with no moment
+-- where every token is verified again at once.
+local CACHE, PREVIOUS = {}, {}
 local CACHED = 0
+
+local function remember(authorization, entry)
+  if CACHED >= CACHE_MAX then
+    PREVIOUS = CACHE
+    CACHE = {}
+    CACHED = 0
+  end
+  CACHE[authorization] = entry
+  CACHED = CACHED + 1
+end
 -- Time claims that must be numbers whenever present (jose/jwt.py check_times).
 local TIME_CLAIMS = {"iat", "auth_time", "nbf"}
 
@@ -244,6 +258,13 @@ local function served(handle, headers)
   -- os.time() is whole seconds: rounded so that each check is as strict as the service's.
   local now = os.time()
   local seen = CACHE[authorization]
+  if seen == nil then
+    seen = PREVIOUS[authorization]
+    if seen ~= nil then
+      PREVIOUS[authorization] = nil
+      remember(authorization, seen)
+    end
+  end
   if seen ~= nil then
     if seen[3] > now + 1 - SKEW then
       return seen[1], seen[2], seen[4], seen[5]
@@ -260,12 +281,7 @@ local function served(handle, headers)
   if not ok or issuer == nil then return nil end
   local client_id, tenant = tenant_of(issuer, payload, now)
   if client_id == nil then return nil end
-  if CACHED >= CACHE_MAX then
-    CACHE = {}
-    CACHED = 0
-  end
-  CACHE[authorization] = {client_id, tenant, payload.exp, issuer.token_type, payload.sub}
-  CACHED = CACHED + 1
+  remember(authorization, {client_id, tenant, payload.exp, issuer.token_type, payload.sub})
   return client_id, tenant, issuer.token_type, payload.sub
 end
 
