@@ -1,0 +1,241 @@
+"""Parity, differentially: the same generated requests sent to a relay with the fast path
+off and to one with it on (the same Vault, Firebase certs and upstream) get the same
+answers, and the upstream receives the same requests from both.
+
+The other suites check each mode against the contract one case at a time; this one
+checks the two modes against each other over combinations nobody listed: token shapes
+(valid, refused for each rule, another spelling of the header), tenants with and without
+endpoint rules and model allow-lists, odd paths, methods, bodies and content types. Then
+the usage each relay metered, per tenant and user, must be the same too.
+
+A refusal must be the same status and JSON body. A success must be the same status,
+the same body apart from the ids and timestamps the fake upstream makes up, and the
+upstream must have seen the same method, target, headers and body bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from tests.integration.conftest import relay_env
+from tests.integration.test_fast_path import Paths
+from tests.support.authz_cli import seconds_until
+from tests.support.relay import RelayStack
+
+pytestmark = pytest.mark.integration
+
+GOVERNED = {"endpoints": ["GET /v1/models", "POST /v1/embeddings", "POST /v1/chat/completions",
+                          "GET /v1/models/*"],
+            "models": ["text-embedding-3-*", "gpt-4o-mini"]}
+MODELS_ONLY = {"models": ["gpt-4o-mini"]}
+PARITY_TENANTS = {"parity-governed": GOVERNED, "parity-models": MODELS_ONLY}
+CLIENT_IDS = ("acme", "globex", *PARITY_TENANTS)
+USERS = ("alice", "bob")
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+BODIES: dict[str, bytes | None] = {
+    "none": None,
+    "empty": b"",
+    "chat": json.dumps(CHAT).encode(),
+    "chat-other-model": json.dumps({**CHAT, "model": "gpt-4o"}).encode(),
+    "chat-stream": json.dumps({**CHAT, "stream": True}).encode(),
+    "chat-stream-usage": json.dumps({**CHAT, "stream": True,
+                                     "stream_options": {"include_usage": True}}).encode(),
+    "chat-no-stream": json.dumps({**CHAT, "stream": False}).encode(),
+    "chat-escaped-model": b'{"model": "gpt-4o-m\\u0069ni", "messages": []}',
+    "embeddings": b'{"model": "text-embedding-3-small", "input": "a stream"}',
+    "no-model": b'{"input": "hi"}',
+    "duplicate-model": b'{"model": "gpt-4o-mini", "model": "gpt-4o"}',
+    "nan": b'{"model": "gpt-4o-mini", "x": NaN}',
+    "truncated": b'{"model": "gpt-4o-mini"',
+    "not-an-object": b'["gpt-4o-mini"]',
+    "bad-utf8": b'{"model": "gpt-4o-mini", "x": "\xff"}',
+}
+PATHS = ("/models", "/models/gpt-4o-mini", "/chat/completions", "/embeddings", "/files",
+         "/responses", "/chat/%63ompletions", "/models/../files", "/chat/completions?x=1",
+         "/Chat/Completions", "/embeddings/", "/models/a%2Fb")
+METHODS = ("GET", "POST", "DELETE")
+CONTENT_TYPES = ("application/json", "text/plain", None)
+# Valid tokens weigh as much as all refused kinds together: the cases the fast path
+# may serve must come up often, not only its fallback.
+TOKEN_KINDS = ("valid",) * 20 + ("lowercase-scheme", "extra-spaces", "expired",
+               "future-iat", "string-iat", "wrong-aud", "wrong-iss", "empty-sub", "long-sub",
+               "client-key-sub", "no-client-id", "unknown-client-id", "numeric-client-id",
+               "tampered", "unknown-signer", "alg-none", "hs256", "garbage", "no-header",
+               "two-headers")
+
+# What the fake upstream makes up per response: not part of what the relay decides.
+VOLATILE = re.compile(rb'"(id|item_id|created|created_at|system_fingerprint)":\s*("[^"]*"|\d+)')
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str
+    client_id: str
+    user: str
+    method: str
+    path: str
+    body: str
+    content_type: str | None
+
+
+cases = st.builds(Case, kind=st.sampled_from(TOKEN_KINDS), client_id=st.sampled_from(CLIENT_IDS),
+                  user=st.sampled_from(USERS), method=st.sampled_from(METHODS),
+                  path=st.sampled_from(PATHS), body=st.sampled_from(sorted(BODIES)),
+                  content_type=st.sampled_from(CONTENT_TYPES))
+
+
+def authorization(firebase, case: Case) -> list[str]:
+    """The Authorization header values a case sends (none, one, or two)."""
+    mint = firebase.mint
+    now = int(time.time())
+    cid, user = case.client_id, case.user
+    tokens = {
+        "valid": lambda: mint(None, user, client_id=cid),
+        "expired": lambda: mint(None, user, client_id=cid, now=now - 7200),
+        "future-iat": lambda: mint(None, user, client_id=cid, iat=now + 600),
+        "string-iat": lambda: mint(None, user, client_id=cid, iat=str(now)),
+        "wrong-aud": lambda: mint(None, user, client_id=cid, aud="another-project"),
+        "wrong-iss": lambda: mint(None, user, client_id=cid,
+                                  iss="https://securetoken.google.com/another-project"),
+        "empty-sub": lambda: mint(None, user, client_id=cid, sub=""),
+        "long-sub": lambda: mint(None, "u" * 129, client_id=cid),
+        "client-key-sub": lambda: mint(None, "client-key:" + user, client_id=cid),
+        "no-client-id": lambda: mint(None, user),
+        "unknown-client-id": lambda: mint(None, user, client_id="nobody-here"),
+        "numeric-client-id": lambda: mint(None, user, clientId=7),
+        "tampered": lambda: mint(None, user, client_id=cid, variant="tampered"),
+        "unknown-signer": lambda: mint(None, user, client_id=cid, variant="unknown_signer"),
+        "alg-none": lambda: mint(None, user, client_id=cid, variant="none"),
+        "hs256": lambda: mint(None, user, client_id=cid, variant="hs256_confusion"),
+    }
+    valid = mint(None, user, client_id=cid)
+    if case.kind == "no-header":
+        return []
+    if case.kind == "garbage":
+        return ["Bearer abc.def.ghi"]
+    if case.kind == "lowercase-scheme":
+        return [f"bearer {valid}"]
+    if case.kind == "extra-spaces":
+        return [f"Bearer   {valid}"]
+    if case.kind == "two-headers":
+        return [f"Bearer {valid}", f"Bearer {valid}"]
+    return [f"Bearer {tokens[case.kind]()}"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    content_type: str | None
+    body: Any  # the JSON of a refusal; a success's bytes, less what the upstream made up
+    upstream: tuple[Any, ...]  # what the upstream received, in a comparable form
+
+
+def send(relay: RelayStack, upstream, case: Case, headers: list[tuple[str, str]]) -> Outcome:
+    upstream.clear()
+    with httpx.Client(timeout=30) as client:
+        response = client.request(case.method, relay.api_base + case.path, headers=headers,
+                                  content=BODIES[case.body])
+    # A success is complete when the client has it; the upstream recorded it before.
+    received = tuple(
+        (r.method, r.target, tuple(sorted(r.headers)), r.body_size, r.body_sha256)
+        for r in upstream.requests)
+    if response.status_code >= 400:
+        body: Any = response.json()
+    else:
+        body = VOLATILE.sub(rb'"\1": "-"', response.content)
+    return Outcome(response.status_code, response.headers.get("content-type"), body, received)
+
+
+@pytest.fixture(scope="module")
+def parity_tenants(vault, tenants) -> Iterator[None]:
+    for client_id, policy in PARITY_TENANTS.items():
+        vault.put_tenant(client_id, f"sk-{client_id}-0123456789abcdef", extra={"policy": policy})
+    yield
+    for client_id in PARITY_TENANTS:
+        vault.delete_tenant(client_id)
+
+
+@pytest.fixture(scope="module")
+def relays(pki, firebase, vault, fake_openai, parity_tenants, tmp_path_factory
+           ) -> Iterator[tuple[RelayStack, RelayStack]]:
+    env = relay_env(pki, firebase, vault, fake_openai)
+    off = RelayStack({**env, "AUTHZ_FAST_PATH": "off"}, tmp_path_factory.mktemp("parity-off"))
+    on = RelayStack({**env, "AUTHZ_FAST_PATH": "on"}, tmp_path_factory.mktemp("parity-on"))
+    try:
+        off.start()
+        on.start()
+        yield off, on
+    finally:
+        on.stop()
+        off.stop()
+
+
+def served_by_envoy(relay: RelayStack, firebase, client_id: str) -> bool:
+    """Whether the fast path serves the tenant (its config reached Envoy)."""
+    token = firebase.mint(None, "warm-up", client_id=client_id)
+    with Paths(relay) as paths, httpx.Client(timeout=10) as client:
+        response = client.post(relay.api_base + "/chat/completions",
+                               headers={"authorization": f"Bearer {token}",
+                                        "content-type": "application/json"},
+                               content=BODIES["chat"])
+    return response.status_code == 200 and paths.fast == 1
+
+
+def usage(relay: RelayStack, client_id: str) -> dict[str, Any]:
+    with httpx.Client(timeout=5) as client:
+        report = client.get(f"http://127.0.0.1:{relay.metrics_port}/admin/usage",
+                            params={"client_id": client_id}).json()
+    return {user: report["users"].get(user) for user in USERS}
+
+
+def test_both_modes_answer_alike_and_meter_alike(relays, firebase, fake_openai):
+    off, on = relays
+    for client_id in CLIENT_IDS:
+        seconds_until(lambda c=client_id: served_by_envoy(on, firebase, c), 10)
+    decided = Counter[str]()
+
+    @settings(max_examples=250, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow])
+    @given(case=cases)
+    def same_answer(case: Case) -> None:
+        headers = [("authorization", value) for value in authorization(firebase, case)]
+        if case.content_type is not None:
+            headers.append(("content-type", case.content_type))
+        expected = send(off, fake_openai, case, headers)
+        with Paths(on) as paths:
+            got = send(on, fake_openai, case, headers)
+        assert got == expected, case
+        where = "envoy" if paths.fast else "ext_authz"
+        decided[where] += 1
+        event(f"{where}: {expected.status}")
+
+    same_answer()
+    # Both paths of the fast-path relay were exercised, not only the fallback.
+    assert decided["envoy"] >= 40, decided
+    assert decided["ext_authz"] >= 40, decided
+
+    # Metered alike: every tenant's usage per user, once the access logs have arrived.
+    def metered_alike() -> bool:
+        return all(usage(off, c) == usage(on, c) for c in CLIENT_IDS)
+
+    try:
+        seconds_until(metered_alike, 10)
+    except TimeoutError:
+        assert {c: usage(on, c) for c in CLIENT_IDS} == {c: usage(off, c) for c in CLIENT_IDS}
+    metered = {c: usage(on, c) for c in CLIENT_IDS}
+    print(f"decided: {dict(decided)}; metered: {metered}")
+    # Not alike by both being empty: requests of the fast path's were metered.
+    assert any(report for per_user in metered.values() for report in per_user.values())
