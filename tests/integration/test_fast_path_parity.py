@@ -1,12 +1,13 @@
 """Parity, differentially: the same generated requests sent to a relay with the fast path
-off and to one with it on (the same Vault, Firebase certs and upstream) get the same
+off and to one with it on (the same Vault, Firebase certs, OIDC issuer and upstream) get the same
 answers, and the upstream receives the same requests from both.
 
 The other suites check each mode against the contract one case at a time; this one
 checks the two modes against each other over combinations nobody listed: token shapes
-(valid, refused for each rule, another spelling of the header), tenants with and without
-endpoint rules and model allow-lists, odd paths, methods, bodies and content types. Then
-the usage each relay metered, per tenant and user, must be the same too.
+(Firebase and OIDC; valid, refused for each rule, another spelling of the header),
+tenants with and without endpoint rules and model allow-lists, odd paths, methods,
+bodies and content types. Then the usage each relay metered, per tenant and user, must
+be the same too.
 
 A refusal must be the same status and JSON body. A success must be the same status,
 the same body apart from the ids and timestamps the fake upstream makes up, and the
@@ -31,6 +32,7 @@ from hypothesis import strategies as st
 from tests.integration.conftest import relay_env
 from tests.integration.test_fast_path import Paths
 from tests.support.authz_cli import seconds_until
+from tests.support.oidc import JwksServer, OidcIssuerKeys
 from tests.support.relay import RelayStack
 
 pytestmark = pytest.mark.integration
@@ -67,13 +69,17 @@ PATHS = ("/models", "/models/gpt-4o-mini", "/chat/completions", "/embeddings", "
          "/Chat/Completions", "/embeddings/", "/models/a%2Fb")
 METHODS = ("GET", "POST", "DELETE")
 CONTENT_TYPES = ("application/json", "text/plain", None)
-# Valid tokens weigh as much as all refused kinds together: the cases the fast path
-# may serve must come up often, not only its fallback.
+# Valid tokens weigh about as much as all refused kinds together: the cases the fast
+# path may serve must come up often, not only its fallback.
 TOKEN_KINDS = ("valid",) * 20 + ("lowercase-scheme", "extra-spaces", "expired",
                "future-iat", "string-iat", "wrong-aud", "wrong-iss", "empty-sub", "long-sub",
                "client-key-sub", "no-client-id", "unknown-client-id", "numeric-client-id",
                "tampered", "unknown-signer", "alg-none", "hs256", "garbage", "no-header",
-               "two-headers")
+               "two-headers") + ("oidc-valid",) * 8 + (
+               "oidc-nested-claim", "oidc-aud-list", "oidc-rs384", "oidc-nbf-future",
+               "oidc-no-iat", "oidc-bad-first-claim", "oidc-long-sub", "oidc-tampered",
+               "oidc-wrong-aud", "oidc-no-kid")
+OIDC_ISSUER = "https://login.example.test/realms/parity"
 
 # What the fake upstream makes up per response: not part of what the relay decides.
 VOLATILE = re.compile(rb'"(id|item_id|created|created_at|system_fingerprint)":\s*("[^"]*"|\d+)')
@@ -96,8 +102,31 @@ cases = st.builds(Case, kind=st.sampled_from(TOKEN_KINDS), client_id=st.sampled_
                   content_type=st.sampled_from(CONTENT_TYPES))
 
 
-def authorization(firebase, case: Case) -> list[str]:
+def oidc_token(keys: OidcIssuerKeys, case: Case) -> str:
+    now = int(time.time())
+    cid, user = case.client_id, case.user
+    kind = case.kind.removeprefix("oidc-")
+    claims: dict[str, Any] = {
+        "valid": {"clientId": cid},
+        "nested-claim": {"org": {"tenant": cid}},
+        "aud-list": {"aud": ["x", "other-api"], "clientId": cid},
+        "rs384": {"alg": "RS384", "clientId": cid},
+        "nbf-future": {"nbf": now + 3600, "clientId": cid},
+        "no-iat": {"iat": None, "clientId": cid},
+        # The first configured claim present but invalid: no falling through to clientId.
+        "bad-first-claim": {"org": {"tenant": "../x"}, "clientId": cid},
+        "long-sub": {"sub": "s" * 256, "clientId": cid},
+        "tampered": {"variant": "tampered", "clientId": cid},
+        "wrong-aud": {"aud": "relay", "clientId": cid},
+        "no-kid": {"header": {"kid": None}, "clientId": cid},
+    }[kind]
+    return keys.mint(**{"sub": user, **claims})
+
+
+def authorization(firebase, oidc: OidcIssuerKeys, case: Case) -> list[str]:
     """The Authorization header values a case sends (none, one, or two)."""
+    if case.kind.startswith("oidc-"):
+        return [f"Bearer {oidc_token(oidc, case)}"]
     mint = firebase.mint
     now = int(time.time())
     cid, user = case.client_id, case.user
@@ -168,9 +197,22 @@ def parity_tenants(vault, tenants) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def relays(pki, firebase, vault, fake_openai, parity_tenants, tmp_path_factory
+def oidc() -> Iterator[tuple[OidcIssuerKeys, JwksServer]]:
+    keys = OidcIssuerKeys(OIDC_ISSUER, audience="relay-api")
+    server = JwksServer(keys).start()
+    try:
+        yield keys, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def relays(pki, firebase, vault, fake_openai, parity_tenants, oidc, tmp_path_factory
            ) -> Iterator[tuple[RelayStack, RelayStack]]:
-    env = relay_env(pki, firebase, vault, fake_openai)
+    env = {**relay_env(pki, firebase, vault, fake_openai),
+           "AUTHZ_OIDC_ISSUERS": json.dumps([{
+               "issuer": OIDC_ISSUER, "audience": ["relay-api", "other-api"],
+               "jwks_url": oidc[1].url, "client_id_claim": ["org.tenant", "clientId"]}])}
     off = RelayStack({**env, "AUTHZ_FAST_PATH": "off"}, tmp_path_factory.mktemp("parity-off"))
     on = RelayStack({**env, "AUTHZ_FAST_PATH": "on"}, tmp_path_factory.mktemp("parity-on"))
     try:
@@ -200,18 +242,19 @@ def usage(relay: RelayStack, client_id: str) -> dict[str, Any]:
     return {user: report["users"].get(user) for user in USERS}
 
 
-def test_both_modes_answer_alike_and_meter_alike(relays, firebase, fake_openai):
+def test_both_modes_answer_alike_and_meter_alike(relays, firebase, oidc, fake_openai):
     off, on = relays
     for client_id in CLIENT_IDS:
         seconds_until(lambda c=client_id: served_by_envoy(on, firebase, c), 10)
     decided = Counter[str]()
 
-    @settings(max_examples=250, deadline=None, database=None,
+    @settings(max_examples=300, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture,
                                      HealthCheck.too_slow])
     @given(case=cases)
     def same_answer(case: Case) -> None:
-        headers = [("authorization", value) for value in authorization(firebase, case)]
+        headers = [("authorization", value)
+                   for value in authorization(firebase, oidc[0], case)]
         if case.content_type is not None:
             headers.append(("content-type", case.content_type))
         expected = send(off, fake_openai, case, headers)
