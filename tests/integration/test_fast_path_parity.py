@@ -1,6 +1,6 @@
 """Parity, differentially: the same generated requests sent to a relay with the fast path
-off and to one with it on (the same Vault, Firebase certs, OIDC issuer and upstream) get the same
-answers, and the upstream receives the same requests from both.
+off and to one with it on (the same Vault, Firebase certs, OIDC issuer and upstream) get
+the same answers, and the upstream receives the same requests from both.
 
 The other suites check each mode against the contract one case at a time; this one
 checks the two modes against each other over combinations nobody listed: token shapes
