@@ -6,8 +6,9 @@ The other suites check each mode against the contract one case at a time; this o
 checks the two modes against each other over combinations nobody listed: token shapes
 (Firebase and OIDC; valid, refused for each rule, another spelling of the header),
 tenants with and without endpoint rules and model allow-lists, odd paths, methods,
-bodies and content types. Then the usage each relay metered, per tenant and user, must
-be the same too.
+bodies, content types, and headers a client adds to name a tenant or smuggle a
+credential. Then the usage each relay metered, per tenant and user, must be the same
+too.
 
 A refusal must be the same status and JSON body. A success must be the same status,
 the same body apart from the ids and timestamps the fake upstream makes up, and the
@@ -85,6 +86,16 @@ OIDC_ISSUER = "https://login.example.test/realms/parity"
 VOLATILE = re.compile(rb'"(id|item_id|created|created_at|system_fingerprint)":\s*("[^"]*"|\d+)')
 
 
+# Headers a client may add to name a tenant, smuggle a credential or steer Envoy: both
+# paths must strip or replace the same ones.
+HOSTILE = (("cookie", "session=abc"), ("proxy-authorization", "Basic eDp5"),
+           ("x-api-key", "sk-client-own-key"), ("x-client-id", "globex"),
+           ("x-relay-client-id", "globex"), ("x-forwarded-for", "203.0.113.9"),
+           ("forwarded", "for=203.0.113.9"), ("x-envoy-original-path", "/admin"),
+           ("openai-organization", "org-client-chosen"),
+           ("openai-project", "proj-client-chosen"), ("openai-beta", "assistants=v2"))
+
+
 @dataclass(frozen=True)
 class Case:
     kind: str
@@ -94,12 +105,14 @@ class Case:
     path: str
     body: str
     content_type: str | None
+    extra: tuple[tuple[str, str], ...]
 
 
 cases = st.builds(Case, kind=st.sampled_from(TOKEN_KINDS), client_id=st.sampled_from(CLIENT_IDS),
                   user=st.sampled_from(USERS), method=st.sampled_from(METHODS),
                   path=st.sampled_from(PATHS), body=st.sampled_from(sorted(BODIES)),
-                  content_type=st.sampled_from(CONTENT_TYPES))
+                  content_type=st.sampled_from(CONTENT_TYPES),
+                  extra=st.lists(st.sampled_from(HOSTILE), unique=True, max_size=4).map(tuple))
 
 
 def oidc_token(keys: OidcIssuerKeys, case: Case) -> str:
@@ -257,6 +270,7 @@ def test_both_modes_answer_alike_and_meter_alike(relays, firebase, oidc, fake_op
                    for value in authorization(firebase, oidc[0], case)]
         if case.content_type is not None:
             headers.append(("content-type", case.content_type))
+        headers.extend(case.extra)
         expected = send(off, fake_openai, case, headers)
         with Paths(on) as paths:
             got = send(on, fake_openai, case, headers)
