@@ -4,6 +4,7 @@ OpenAI upstream over TLS, and Firebase-shaped RS256 tokens checked against serve
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ import pytest
 
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.firebase import FirebaseKeys
+from tests.support.oidc import JwksServer, OidcIssuerKeys
 from tests.support.processes import ManagedProcess, free_port
 from tests.support.relay import RelayStack
 from tests.support.tenants import Tenant
@@ -60,6 +62,27 @@ def relay_env(pki: TestPKI, firebase: FirebaseKeys, vault: BaoDevServer,
         "AUTHZ_LOG_LEVEL": "DEBUG",
         "AUTHZ_FAST_PATH": "on" if FAST_PATH else "off",
     }
+
+
+OIDC_ISSUER = "https://login.example.test/realms/fast"
+
+
+@pytest.fixture(scope="module")
+def oidc_keys() -> Iterator[tuple[OidcIssuerKeys, JwksServer]]:
+    """An OIDC issuer's signing keys and the JWKS server that publishes them."""
+    keys = OidcIssuerKeys(OIDC_ISSUER, audience="relay-api")
+    server = JwksServer(keys).start()
+    try:
+        yield keys, server
+    finally:
+        server.stop()
+
+
+def oidc_env(server: JwksServer) -> dict[str, str]:
+    """The relay's setting for that issuer: two audiences, a nested client-id claim first."""
+    return {"AUTHZ_OIDC_ISSUERS": json.dumps([{
+        "issuer": OIDC_ISSUER, "audience": ["relay-api", "other-api"],
+        "jwks_url": server.url, "client_id_claim": ["org.tenant", "clientId"]}])}
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,8 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from tests.integration.conftest import relay_env
+from tests.integration.conftest import oidc_env, relay_env
 from tests.support.authz_cli import authz, authz_json, seconds_until
-from tests.support.oidc import JwksServer, OidcIssuerKeys
 from tests.support.relay import RelayStack
 
 pytestmark = pytest.mark.integration
@@ -698,27 +697,12 @@ def test_a_key_with_quotes_and_backslashes_reaches_the_upstream_intact(
 
 # ------------------------------------------------------------------- OIDC issuers
 
-OIDC_ISSUER = "https://login.example.test/realms/fast"
-
-
-@pytest.fixture(scope="module")
-def oidc_keys() -> Iterator[tuple[OidcIssuerKeys, JwksServer]]:
-    keys = OidcIssuerKeys(OIDC_ISSUER, audience="relay-api")
-    server = JwksServer(keys).start()
-    try:
-        yield keys, server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
 def oidc_relay(pki, firebase, vault, fake_openai, tenants, oidc_keys, tmp_path_factory
                ) -> Iterator[RelayStack]:
     _, server = oidc_keys
     env = {**relay_env(pki, firebase, vault, fake_openai), "AUTHZ_FAST_PATH": "on",
-           "AUTHZ_OIDC_ISSUERS": json.dumps([{
-               "issuer": OIDC_ISSUER, "audience": ["relay-api", "other-api"],
-               "jwks_url": server.url, "client_id_claim": ["org.tenant", "clientId"]}])}
+           **oidc_env(server)}
     stack = RelayStack(env, tmp_path_factory.mktemp("fast-relay-oidc")).start()
     try:
         yield stack

@@ -30,10 +30,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.conftest import relay_env
+from tests.integration.conftest import oidc_env, relay_env
 from tests.integration.test_fast_path import Paths
 from tests.support.authz_cli import seconds_until
-from tests.support.oidc import JwksServer, OidcIssuerKeys
+from tests.support.oidc import OidcIssuerKeys
 from tests.support.relay import RelayStack
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,6 @@ TOKEN_KINDS = ("valid",) * 20 + ("lowercase-scheme", "extra-spaces", "expired",
                "oidc-nested-claim", "oidc-aud-list", "oidc-rs384", "oidc-nbf-future",
                "oidc-no-iat", "oidc-bad-first-claim", "oidc-long-sub", "oidc-tampered",
                "oidc-wrong-aud", "oidc-no-kid")
-OIDC_ISSUER = "https://login.example.test/realms/parity"
 
 # What the fake upstream makes up per response: not part of what the relay decides.
 VOLATILE = re.compile(rb'"(id|item_id|created|created_at|system_fingerprint)":\s*("[^"]*"|\d+)')
@@ -210,22 +209,9 @@ def parity_tenants(vault, tenants) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def oidc() -> Iterator[tuple[OidcIssuerKeys, JwksServer]]:
-    keys = OidcIssuerKeys(OIDC_ISSUER, audience="relay-api")
-    server = JwksServer(keys).start()
-    try:
-        yield keys, server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def relays(pki, firebase, vault, fake_openai, parity_tenants, oidc, tmp_path_factory
+def relays(pki, firebase, vault, fake_openai, parity_tenants, oidc_keys, tmp_path_factory
            ) -> Iterator[tuple[RelayStack, RelayStack]]:
-    env = {**relay_env(pki, firebase, vault, fake_openai),
-           "AUTHZ_OIDC_ISSUERS": json.dumps([{
-               "issuer": OIDC_ISSUER, "audience": ["relay-api", "other-api"],
-               "jwks_url": oidc[1].url, "client_id_claim": ["org.tenant", "clientId"]}])}
+    env = {**relay_env(pki, firebase, vault, fake_openai), **oidc_env(oidc_keys[1])}
     off = RelayStack({**env, "AUTHZ_FAST_PATH": "off"}, tmp_path_factory.mktemp("parity-off"))
     on = RelayStack({**env, "AUTHZ_FAST_PATH": "on"}, tmp_path_factory.mktemp("parity-on"))
     try:
@@ -255,7 +241,7 @@ def usage(relay: RelayStack, client_id: str) -> dict[str, Any]:
     return {user: report["users"].get(user) for user in USERS}
 
 
-def test_both_modes_answer_alike_and_meter_alike(relays, firebase, oidc, fake_openai):
+def test_both_modes_answer_alike_and_meter_alike(relays, firebase, oidc_keys, fake_openai):
     off, on = relays
     for client_id in CLIENT_IDS:
         seconds_until(lambda c=client_id: served_by_envoy(on, firebase, c), 10)
@@ -267,7 +253,7 @@ def test_both_modes_answer_alike_and_meter_alike(relays, firebase, oidc, fake_op
     @given(case=cases)
     def same_answer(case: Case) -> None:
         headers = [("authorization", value)
-                   for value in authorization(firebase, oidc[0], case)]
+                   for value in authorization(firebase, oidc_keys[0], case)]
         if case.content_type is not None:
             headers.append(("content-type", case.content_type))
         headers.extend(case.extra)
