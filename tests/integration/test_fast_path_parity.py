@@ -6,9 +6,9 @@ The other suites check each mode against the contract one case at a time; this o
 checks the two modes against each other over combinations nobody listed: token shapes
 (Firebase and OIDC; valid, refused for each rule, another spelling of the header),
 tenants with and without endpoint rules, model allow-lists, a token budget or a request
-rate limit, odd paths, methods, bodies, content types, and headers a client adds to name
-a tenant or smuggle a credential. Then the usage each relay metered, per tenant and
-user, must be the same too.
+rate limit, odd paths, methods, bodies (uploads too), content types, HTTP/1.1 and
+HTTP/2, and headers a client adds to name a tenant or smuggle a credential. Then the
+usage each relay metered, per tenant and user, must be the same too.
 
 A refusal must be the same status and JSON body. A success must be the same status,
 the same body apart from the ids and timestamps the fake upstream makes up, and the
@@ -17,6 +17,7 @@ upstream must have seen the same method, target, headers and body bytes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -70,12 +71,17 @@ BODIES: dict[str, bytes | None] = {
     "truncated": b'{"model": "gpt-4o-mini"',
     "not-an-object": b'["gpt-4o-mini"]',
     "bad-utf8": b'{"model": "gpt-4o-mini", "x": "\xff"}',
+    "multipart": (b'--b0undary\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+                  b'batch\r\n--b0undary\r\nContent-Disposition: form-data; name="file"; '
+                  b'filename="a.jsonl"\r\nContent-Type: application/octet-stream\r\n\r\n'
+                  b'{"model": "gpt-4o"}\n\r\n--b0undary--\r\n'),
 }
+MULTIPART = "multipart/form-data; boundary=b0undary"
 PATHS = ("/models", "/models/gpt-4o-mini", "/chat/completions", "/embeddings", "/files",
          "/responses", "/chat/%63ompletions", "/models/../files", "/chat/completions?x=1",
          "/Chat/Completions", "/embeddings/", "/models/a%2Fb")
 METHODS = ("GET", "POST", "DELETE")
-CONTENT_TYPES = ("application/json", "text/plain", None)
+CONTENT_TYPES = ("application/json", "text/plain", MULTIPART, None)
 # Valid tokens weigh about as much as all refused kinds together: the cases the fast
 # path may serve must come up often, not only its fallback.
 TOKEN_KINDS = ("valid",) * 20 + ("lowercase-scheme", "extra-spaces", "expired",
@@ -112,26 +118,33 @@ class Case:
     body: str
     content_type: str | None
     extra: tuple[tuple[str, str], ...]
+    http2: bool = False
 
 
 # Calls an application makes (the upstream answers them 200), half the cases: random
 # combinations alone would mostly be refused or unknown to the upstream.
-CALLS = (("GET", "/models", "none"), ("GET", "/models/gpt-4o-mini", "none"),
-         ("POST", "/chat/completions", "chat"), ("POST", "/chat/completions", "chat-stream"),
-         ("POST", "/chat/completions", "chat-no-stream"),
-         ("POST", "/chat/completions", "chat-other-model"),
-         ("POST", "/embeddings", "embeddings"), ("POST", "/responses", "chat"))
+CALLS = (("GET", "/models", "none", "application/json"),
+         ("GET", "/models/gpt-4o-mini", "none", "application/json"),
+         ("POST", "/chat/completions", "chat", "application/json"),
+         ("POST", "/chat/completions", "chat-stream", "application/json"),
+         ("POST", "/chat/completions", "chat-no-stream", "application/json"),
+         ("POST", "/chat/completions", "chat-other-model", "application/json"),
+         ("POST", "/embeddings", "embeddings", "application/json"),
+         ("POST", "/responses", "chat", "application/json"),
+         # An upload streams past both paths unread (its model is not checked).
+         ("POST", "/files", "multipart", MULTIPART))
 extras = st.lists(st.sampled_from(HOSTILE), unique=True, max_size=4).map(tuple)
 random_cases = st.builds(
     Case, kind=st.sampled_from(TOKEN_KINDS), client_id=st.sampled_from(CLIENT_IDS),
     user=st.sampled_from(USERS), method=st.sampled_from(METHODS),
     path=st.sampled_from(PATHS), body=st.sampled_from(sorted(BODIES)),
-    content_type=st.sampled_from(CONTENT_TYPES), extra=extras)
+    content_type=st.sampled_from(CONTENT_TYPES), extra=extras, http2=st.booleans())
 call_cases = st.builds(
-    lambda kind, client_id, user, call, extra: Case(kind, client_id, user, *call,
-                                                    "application/json", extra),
+    lambda kind, client_id, user, call, extra, http2: Case(kind, client_id, user, *call,
+                                                           extra, http2),
     kind=st.sampled_from(TOKEN_KINDS), client_id=st.sampled_from(CLIENT_IDS),
-    user=st.sampled_from(USERS), call=st.sampled_from(CALLS), extra=extras)
+    user=st.sampled_from(USERS), call=st.sampled_from(CALLS), extra=extras,
+    http2=st.booleans())
 cases = st.one_of(random_cases, call_cases)
 
 
@@ -208,7 +221,7 @@ class Outcome:
 
 def send(relay: RelayStack, upstream, case: Case, headers: list[tuple[str, str]]) -> Outcome:
     upstream.clear()
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(http1=not case.http2, http2=case.http2, timeout=30) as client:
         response = client.request(case.method, relay.api_base + case.path, headers=headers,
                                   content=BODIES[case.body])
     # A success is complete when the client has it; the upstream recorded it before.
@@ -219,6 +232,7 @@ def send(relay: RelayStack, upstream, case: Case, headers: list[tuple[str, str]]
         body: Any = response.json()
     else:
         body = VOLATILE.sub(rb'"\1": "-"', response.content)
+    assert response.http_version == ("HTTP/2" if case.http2 else "HTTP/1.1")
     return Outcome(response.status_code, response.headers.get("content-type"), body, received)
 
 
@@ -286,7 +300,7 @@ def test_both_modes_answer_alike_and_meter_alike(relays, firebase, oidc_keys, fa
             assert paths.fast == 0, case  # a per-request limit: ext_authz counts each
         where = "envoy" if paths.fast else "ext_authz"
         decided[where] += 1
-        outcomes[f"{where} {case.client_id} {expected.status}"] += 1
+        outcomes[f"{where} {case.client_id} {case.method} {case.path} {expected.status}"] += 1
 
     # Every token shape once on calls Envoy could serve, for a plain tenant and one with
     # rules: a rule the Lua skipped would show here whatever the draws below.
@@ -296,6 +310,9 @@ def test_both_modes_answer_alike_and_meter_alike(relays, firebase, oidc_keys, fa
                                        ("POST", "/chat/completions", "chat")):
                 same_answer(Case(kind, client_id, "alice", method, path, body,
                                  "application/json", ()))
+    # Every application call once for every tenant, over both protocols.
+    for i, (call, client_id) in enumerate(itertools.product(CALLS, CLIENT_IDS)):
+        same_answer(Case("valid", client_id, USERS[i % 2], *call, (), http2=i % 2 == 1))
 
     settings(max_examples=300, deadline=None, database=None,
              suppress_health_check=[HealthCheck.function_scoped_fixture,
