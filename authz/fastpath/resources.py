@@ -58,7 +58,7 @@ FIREBASE_MAX_SUBJECT = 128
 # Verified tokens the Lua filter remembers per Envoy worker, in each of its two
 # generations (so at most twice this many). One generation holds what the single,
 # emptied-when-full table of before held: never a lower hit rate than it, at any number
-# of active tokens (a simulation of uniform and skewed use; docs/fast-path.md).
+# of active tokens (bench/token_cache.py measures both).
 LUA_CACHE_SIZE = 10_000
 # A POST body up to this size is read to see whether it might ask for a stream (the
 # same bound as the ext_authz check's max_request_bytes in envoy/envoy.yaml).
