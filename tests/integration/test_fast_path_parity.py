@@ -32,16 +32,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import oidc_env, relay_env
-from tests.integration.test_fast_path import Paths
+from tests.integration.test_fast_path import CHAT, GOVERNED, HOSTILE, Paths, fast_served_key
 from tests.support.authz_cli import seconds_until
 from tests.support.oidc import OidcIssuerKeys
 from tests.support.relay import RelayStack
 
 pytestmark = pytest.mark.integration
 
-GOVERNED = {"endpoints": ["GET /v1/models", "POST /v1/embeddings", "POST /v1/chat/completions",
-                          "GET /v1/models/*"],
-            "models": ["text-embedding-3-*", "gpt-4o-mini"]}
 MODELS_ONLY = {"models": ["gpt-4o-mini"]}
 # A token budget no test request uses up: Envoy serves the tenant and meters it.
 BUDGET = {"limits": {"user_tokens_per_day": 10_000_000, "tenant_tokens_per_day": 10_000_000}}
@@ -53,7 +50,6 @@ SERVED_BY_ENVOY = ("acme", "globex", "parity-governed", "parity-models", "parity
 CLIENT_IDS = (*SERVED_BY_ENVOY, "parity-limited")
 USERS = ("alice", "bob")
 
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 BODIES: dict[str, bytes | None] = {
     "none": None,
     "empty": b"",
@@ -98,14 +94,10 @@ TOKEN_KINDS = ("valid",) * 20 + ("lowercase-scheme", "extra-spaces", "expired",
 VOLATILE = re.compile(rb'"(id|item_id|created|created_at|system_fingerprint)":\s*("[^"]*"|\d+)')
 
 
-# Headers a client may add to name a tenant, smuggle a credential or steer Envoy: both
-# paths must strip or replace the same ones.
-HOSTILE = (("cookie", "session=abc"), ("proxy-authorization", "Basic eDp5"),
-           ("x-api-key", "sk-client-own-key"), ("x-client-id", "globex"),
-           ("x-relay-client-id", "globex"), ("x-forwarded-for", "203.0.113.9"),
-           ("forwarded", "for=203.0.113.9"), ("x-envoy-original-path", "/admin"),
-           ("openai-organization", "org-client-chosen"),
-           ("openai-project", "proj-client-chosen"), ("openai-beta", "assistants=v2"))
+# Headers a client may add to name a tenant, smuggle a credential or steer Envoy (those
+# test_fast_path.py sends, and a header OpenAI reads that is the client's to choose):
+# both paths must strip, replace or keep the same ones.
+HOSTILE_HEADERS = (*HOSTILE.items(), ("openai-beta", "assistants=v2"))
 
 
 @dataclass(frozen=True)
@@ -133,7 +125,7 @@ CALLS = (("GET", "/models", "none", "application/json"),
          ("POST", "/responses", "chat", "application/json"),
          # An upload streams past both paths unread (its model is not checked).
          ("POST", "/files", "multipart", MULTIPART))
-extras = st.lists(st.sampled_from(HOSTILE), unique=True, max_size=4).map(tuple)
+extras = st.lists(st.sampled_from(HOSTILE_HEADERS), unique=True, max_size=4).map(tuple)
 random_cases = st.builds(
     Case, kind=st.sampled_from(TOKEN_KINDS), client_id=st.sampled_from(CLIENT_IDS),
     user=st.sampled_from(USERS), method=st.sampled_from(METHODS),
@@ -260,15 +252,10 @@ def relays(pki, firebase, vault, fake_openai, parity_tenants, oidc_keys, tmp_pat
         off.stop()
 
 
-def served_by_envoy(relay: RelayStack, firebase, client_id: str) -> bool:
+def served_by_envoy(relay: RelayStack, firebase, upstream, client_id: str) -> bool:
     """Whether the fast path serves the tenant (its config reached Envoy)."""
     token = firebase.mint(None, "warm-up", client_id=client_id)
-    with Paths(relay) as paths, httpx.Client(timeout=10) as client:
-        response = client.post(relay.api_base + "/chat/completions",
-                               headers={"authorization": f"Bearer {token}",
-                                        "content-type": "application/json"},
-                               content=BODIES["chat"])
-    return response.status_code == 200 and paths.fast == 1
+    return fast_served_key(relay, upstream, token) is not None
 
 
 def usage(relay: RelayStack, client_id: str) -> dict[str, Any]:
@@ -281,8 +268,8 @@ def usage(relay: RelayStack, client_id: str) -> dict[str, Any]:
 def test_both_modes_answer_alike_and_meter_alike(relays, firebase, oidc_keys, fake_openai):
     off, on = relays
     for client_id in SERVED_BY_ENVOY:
-        seconds_until(lambda c=client_id: served_by_envoy(on, firebase, c), 10)
-    assert not served_by_envoy(on, firebase, "parity-limited")
+        seconds_until(lambda c=client_id: served_by_envoy(on, firebase, fake_openai, c), 10)
+    assert not served_by_envoy(on, firebase, fake_openai, "parity-limited")
     decided = Counter[str]()
     outcomes = Counter[str]()  # for a reader of -s: which path answered what, per tenant
 

@@ -8,14 +8,21 @@ which requests the cache spares a verification, not the verification itself.
 
 from __future__ import annotations
 
-import base64
+import functools
 import json
 import re
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from authz.fastpath.resources import LUA_CACHE_SIZE, FastTenant, firebase_issuer, lua_source
+from authz.fastpath.resources import (
+    LUA_CACHE_SIZE,
+    FastIssuer,
+    FastTenant,
+    firebase_issuer,
+    lua_source,
+)
+from tests.support.firebase import b64url_encode
 
 PROJECT = "demo-relay"
 CLIENT_ID = "acme"
@@ -47,15 +54,20 @@ return {request = request, remembered = remembered,
 """
 
 
+@functools.cache
+def _issuer() -> FastIssuer:
+    """One signing key for every filter loaded here (the stand-in never verifies)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    return firebase_issuer(PROJECT, {"kid-1": key}, ("clientId",))
+
+
 def token_cache(cache_max: int, *, single_table: bool = False) -> Any:
     """The generated filter with CACHE_MAX = cache_max, exporting request(authorization)
     → (client_id, user), verifications() and remembered(). single_table: the cache as it
     was before its two generations (one table, emptied when full)."""
     import lupa.luajit21 as lupa
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-    issuer = firebase_issuer(PROJECT, {"kid-1": key}, ("clientId",))
-    source = lua_source([issuer], [FastTenant(CLIENT_ID, "sk-acme-1")], 30)
+    source = lua_source([_issuer()], [FastTenant(CLIENT_ID, "sk-acme-1")], 30)
     source, replaced = re.subn(rf"^local CACHE_MAX = {LUA_CACHE_SIZE}$",
                                f"local CACHE_MAX = {cache_max}", source, flags=re.MULTILINE)
     if replaced != 1:
@@ -69,10 +81,6 @@ def token_cache(cache_max: int, *, single_table: bool = False) -> Any:
     return runtime.execute((source + _EXPORTS).encode())
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
 def bearer(user: str, now: int) -> bytes:
     """An Authorization value the filter accepts once its signature check says yes (the
     signature segment is a placeholder: the stand-in never reads it)."""
@@ -80,5 +88,5 @@ def bearer(user: str, now: int) -> bytes:
     body = {"iss": f"https://securetoken.google.com/{PROJECT}", "aud": PROJECT,
             "sub": user, "clientId": CLIENT_ID, "iat": now - 60, "auth_time": now - 60,
             "exp": now + 3600}
-    return (f"Bearer {_b64(json.dumps(head).encode())}.{_b64(json.dumps(body).encode())}."
-            f"{_b64(b'signature' * 28)}").encode()
+    segments = (json.dumps(head).encode(), json.dumps(body).encode(), b"signature" * 28)
+    return ("Bearer " + ".".join(b64url_encode(s) for s in segments)).encode()
