@@ -23,12 +23,15 @@ from authz.credentials.jose.certs import CertStore
 from authz.credentials.verifiers import build_token_verifiers
 from authz.edge import logs
 from authz.edge.access_log import AccessLogServicer, access_log_handler
+from authz.edge.admin_grpc import AdminServicer
+from authz.edge.admin_grpc import add_to_server as add_admin_to_server
 from authz.edge.admin_http import AdminServer
 from authz.edge.envoy_check import CheckRequest, ResponseEncoder, check_input
 from authz.edge.grpc_method import one_method_handler
 from authz.edge.metrics import Metrics, StatsCollector
 from authz.errors import AddressInUse
 from authz.governance.limiter import GovernanceLimiter
+from authz.governance.usage_feed import UsageFeed
 from authz.pipeline.decision import Allow, Authorizer
 from authz.settings import Settings, format_addr
 from authz.tenants.key_cache import KeyCache
@@ -88,9 +91,13 @@ class AuthzService:
             limiter=self.limiter,
         )
         self.access_log = AccessLogServicer(self.limiter.settle_nowait)
+        # Every metered request, for the Admin API's watchers.
+        self.usage_feed = UsageFeed()
+        self.limiter.listeners.append(self.usage_feed.publish)
         self.encoder = ResponseEncoder()
         self.vault_pinged = False
         self.in_flight = 0
+        self.fast_path: FastPathControl | None = None  # AUTHZ_FAST_PATH=on: set by serve()
         self.metrics.registry.register(
             StatsCollector(self._cache_events, self._source_errors, lambda: self.in_flight)
         )
@@ -130,10 +137,13 @@ class AuthzService:
 
     def invalidate(self, client_id: str | None) -> None:
         """Everything cached about a tenant (or all): its key, the identities verified
-        for it, client-key records and Firebase user statuses. Reads in flight lose."""
+        for it, client-key records and Firebase user statuses, and with the fast path on,
+        Envoy's token cache (a new config). Reads in flight lose."""
         self.keys.invalidate(client_id)
         self.tokens.invalidate(client_id)
         self.identities.clear(client_id)
+        if self.fast_path is not None:
+            self.fast_path.poke(client_id)
 
     async def watch_readiness(self, health_servicer: health.aio.HealthServicer) -> None:
         """Keep gRPC health and the ready gauge in step with readiness; ping Vault
@@ -217,7 +227,7 @@ def _fast_path(service: AuthzService, server: grpc.aio.Server) -> FastPathContro
         clock_skew_s=settings.clock_skew_s,
         exhausted=service.limiter.exhausted,
     )
-    service.limiter.on_settled = control.settled
+    service.limiter.listeners.append(lambda metered: control.settled(metered.client_id))
     return control
 
 
@@ -228,6 +238,10 @@ async def serve(settings: Settings) -> None:
     server.add_generic_rpc_handlers([_check_handler(service),
                                      access_log_handler(service.access_log)])
     fast_path = _fast_path(service, server) if settings.fast_path else None
+    service.fast_path = fast_path
+    add_admin_to_server(AdminServicer(
+        usage=service.limiter.usage, invalidate=service.invalidate, feed=service.usage_feed,
+        fast_path=fast_path.status if fast_path is not None else None), server)
     if fast_path is not None:
         from authz.edge.meter_log import MeterLogServicer, meter_log_handler
 
@@ -252,8 +266,6 @@ async def serve(settings: Settings) -> None:
 
         def invalidate_on_loop(client_id: str | None) -> None:
             loop.call_soon_threadsafe(service.invalidate, client_id)
-            if fast_path is not None:
-                loop.call_soon_threadsafe(fast_path.poke, client_id)
 
         def usage_on_loop(client_id: str, user: str | None) -> dict[str, object]:
             # The ledger lives on the event loop (and may read Redis): ask it there.

@@ -395,6 +395,11 @@ class Settings:
         if self.fast_path and not self.vault_path.endswith("/{client_id}"):
             raise ConfigError("AUTHZ_FAST_PATH=on needs AUTHZ_VAULT_PATH to end in "
                               "/{client_id}: the fast path lists the tenants under it")
+        if self.fast_path and not is_loopback_host(self.grpc_addr[0]):
+            # The ADS stream carries every tenant's key in the Lua config, unencrypted.
+            raise ConfigError(f"AUTHZ_FAST_PATH=on needs a loopback AUTHZ_GRPC_ADDR (got "
+                              f"{format_addr(self.grpc_addr)}): Envoy's config, served there "
+                              "over plain gRPC, holds every tenant's key")
         method = self.vault_auth
         if method not in AUTH_METHODS:
             raise ConfigError(

@@ -34,6 +34,12 @@ def default_admin_addr(prog: str) -> str:
     return format_addr(metrics)
 
 
+def default_grpc_addr(prog: str) -> str:
+    """HOST:PORT of the local authz service's gRPC port (AUTHZ_GRPC_ADDR), where the
+    Admin API answers, for commands whose --grpc was not given."""
+    return format_addr(operator_settings(prog).grpc_addr)
+
+
 def require_vault(settings: Settings) -> None:
     if not settings.vault_addr_given or not settings.vault_token:
         raise UsageError("VAULT_ADDR and VAULT_TOKEN must be set (authz up prints them)")

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from envoy.config.core.v3 import extension_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
 from authz.credentials.firebase import ISSUER_PREFIX, FirebaseClaimsVerifier
 from authz.credentials.jose.jwks import Jwk
@@ -401,7 +402,7 @@ def lua_config(source: str) -> lua_pb2.Lua:
     return config
 
 
-def extension_config(name: str, message: object) -> extension_pb2.TypedExtensionConfig:
+def extension_config(name: str, message: Message) -> extension_pb2.TypedExtensionConfig:
     """An ECDS resource: the filter's name and its typed config."""
     packed = any_pb2.Any()
     packed.Pack(message)

@@ -30,7 +30,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -70,6 +72,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     @property
     def version(self) -> int:
         return self._version
+
+    @property
+    def streams(self) -> int:
+        """Envoy streams open now."""
+        return len(self._streams)
+
+    @property
+    def config_bytes(self) -> int:
+        """Bytes of the serialized resources served now."""
+        return sum(len(raw) for raw in self._resources.values())
 
     def update(self, resources: Mapping[str, extension_pb2.TypedExtensionConfig]) -> bool:
         """Set the resources; True (and a push to every stream) when anything changed."""
@@ -160,6 +172,22 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 await reader
 
 
+@dataclass(frozen=True, slots=True)
+class FastPathState:
+    """What the control plane last pushed (the Admin API's GetFastPathStatus)."""
+
+    version: int
+    pushes: int
+    envoy_streams: int
+    tenants: int
+    budgets_used_up: int
+    issuer_keys: Mapping[str, int]
+    config_bytes: int
+    #: When the content last changed, Unix milliseconds (0: not yet).
+    updated_at_ms: int
+    vault_failing: bool
+
+
 class FastPathControl:
     """Builds the resources from Firebase's keys and Vault's tenants, and pushes them."""
 
@@ -174,6 +202,7 @@ class FastPathControl:
         poll_s: float = 1.0,
         renew_s: float = RENEW_S,
         budget_delay_s: float = 0.1,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.ads = ads
         self._tenants = tenants
@@ -195,6 +224,17 @@ class FastPathControl:
         self._budget_poke = asyncio.Event()
         self._budget_delay_s = budget_delay_s
         self._tasks: list[asyncio.Task[None]] = []
+        self._clock = clock
+        self._issuer_keys: dict[str, int] = {}
+        self._updated_at_ms = 0
+
+    def status(self) -> FastPathState:
+        return FastPathState(
+            version=self.ads.version, pushes=self.ads.pushes,
+            envoy_streams=self.ads.streams, tenants=len(self._last_tenants),
+            budgets_used_up=len(self._last_exhausted),
+            issuer_keys=dict(self._issuer_keys), config_bytes=self.ads.config_bytes,
+            updated_at_ms=self._updated_at_ms, vault_failing=self._vault_failing)
 
     def poke(self, client_id: str | None = None) -> None:
         """`authz cache invalidate`: re-read now that tenant, or all of them, and push a
@@ -259,10 +299,13 @@ class FastPathControl:
         content = (tuple(self._last_tenants), tuple(sorted(self._last_exhausted.items())),
                    tuple((i.name, tuple(sorted(i.keys))) for i in issuers),
                    self._invalidations)
+        if changed:
+            self._updated_at_ms = int(self._clock() * 1000)
+            self._issuer_keys = {i.name: len(i.keys) for i in issuers}
         if changed and content != self._last_content:
             log.info("fast path config updated", extra={
                 "version": self.ads.version, "tenants": len(self._last_tenants),
-                "issuers": {i.name: len(i.keys) for i in issuers},
+                "issuers": self._issuer_keys,
                 "budgets_used_up": len(self._last_exhausted)})
         self._last_content = content
 
@@ -332,4 +375,4 @@ def add_to_server(ads: AdsServer, server: grpc.aio.Server) -> None:
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
 
 
-__all__ = ["AdsServer", "FastPathControl", "add_to_server"]
+__all__ = ["AdsServer", "FastPathControl", "FastPathState", "add_to_server"]

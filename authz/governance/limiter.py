@@ -49,7 +49,7 @@ from authz.governance.counters import (
     Refusal,
     Settlement,
 )
-from authz.governance.model import Admission, CompletedRequest, Limits
+from authz.governance.model import Admission, CompletedRequest, Limits, Metered
 
 if TYPE_CHECKING:  # redis-py costs ~8 MB of memory: imported only when Redis is set
     from authz.governance.redis_store import RedisStore
@@ -196,8 +196,8 @@ class GovernanceLimiter:
         self._unapplied_user: dict[tuple[str, str], int] = {}
         self._unapplied_tenant: dict[str, int] = {}
         self.admitted_without_waiting = 0
-        #: Told the tenant of every metered request (the fast path's budget state).
-        self.on_settled: Callable[[str], None] | None = None
+        #: Told of every metered request (the fast path's budget state, usage watchers).
+        self.listeners: list[Callable[[Metered], None]] = []
         if redis is not None:
             self.events.store_up(True)
 
@@ -361,11 +361,15 @@ class GovernanceLimiter:
         """Record one completed request; never blocks (Redis work is queued)."""
         input_tokens, output_tokens = charged_tokens(done)
         self.events.metered(done.client_id, input_tokens, output_tokens)
+        now_s = self.clock()
         settlement = Settlement(done.client_id, done.user, done.lease,
                                 max(0, done.reserved_tokens), input_tokens, output_tokens,
-                                utc_day(self.clock()))
-        if self.on_settled is not None:
-            self.on_settled(done.client_id)
+                                utc_day(now_s))
+        if self.listeners:
+            event = Metered(done.client_id, done.user, settlement.day, input_tokens,
+                            output_tokens, done.status, int(now_s * 1000))
+            for listener in self.listeners:
+                listener(event)
         if self.redis is None:
             self.local.settle_now(settlement)
             return

@@ -107,6 +107,20 @@ class CompletedRequest:
     events: int
 
 
+@dataclass(frozen=True, slots=True)
+class Metered:
+    """One request as the limiter charged it: what usage watchers are told."""
+
+    client_id: str
+    user: str
+    #: The UTC day the tokens count on, YYYY-MM-DD.
+    day: str
+    input_tokens: int
+    output_tokens: int
+    status: int
+    at_ms: int
+
+
 class Limiter(Protocol):
     async def admit(self, client_id: str, user: str, limits: Limits,
                     estimate_tokens: int) -> Admission:

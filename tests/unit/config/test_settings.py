@@ -154,6 +154,19 @@ def test_fast_path_needs_a_listable_vault_path():
                            "AUTHZ_VAULT_PATH": "openai/{client_id}/key"})
 
 
+def test_fast_path_serves_its_config_on_loopback_only():
+    # The ADS stream holds every tenant's key: never on an address others can reach.
+    for addr in ("0.0.0.0:9001", "10.1.2.3:9001", "[::]:9001", "relay.internal:9001"):
+        with pytest.raises(ConfigError, match="AUTHZ_FAST_PATH=on needs a loopback "
+                                              "AUTHZ_GRPC_ADDR"):
+            Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on", "AUTHZ_GRPC_ADDR": addr})
+        # Off, the address is the operator's choice, as before.
+        assert Settings.from_env({**BASE, "AUTHZ_GRPC_ADDR": addr}).fast_path is False
+    for addr in ("127.0.0.1:9001", "127.0.0.2:9001", "[::1]:9001", "localhost:9001"):
+        assert Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on",
+                                  "AUTHZ_GRPC_ADDR": addr}).fast_path is True
+
+
 def test_fast_path_that_can_serve_nothing_is_warned_about():
     assert Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on"}).warnings() == []
     revoked = Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on",

@@ -15,7 +15,7 @@ from authz.governance.limiter import (
     charged_tokens,
     seconds_to_utc_midnight,
 )
-from authz.governance.model import Admission, CompletedRequest, Limits
+from authz.governance.model import Admission, CompletedRequest, Limits, Metered
 
 # 2026-12-04 12:00:00 UTC: twelve hours to midnight.
 NOON = dt.datetime(2026, 12, 4, 12, tzinfo=dt.UTC).timestamp()
@@ -340,3 +340,17 @@ def test_exhausted_names_tenants_and_users_whose_budget_is_used_up(limiter, cloc
         assert await limiter.exhausted(budgets) == {}
 
     run(scenario())
+
+
+def test_listeners_are_told_each_request_as_charged(clock: Clock) -> None:
+    limiter = GovernanceLimiter(clock=clock)
+    told: list[Metered] = []
+    limiter.listeners.append(told.append)
+    limiter.settle_nowait(done(None, input_tokens=7, output_tokens=5))
+    # No usage reported, cut short: charged the estimate, which listeners see too.
+    limiter.settle_nowait(done(None, user="u2", flags="DC", request_bytes=9, events=3,
+                               status=200))
+    assert told == [
+        Metered("acme", "u1", "2026-12-04", 7, 5, 200, int(NOON * 1000)),
+        Metered("acme", "u2", "2026-12-04", 3, 3, 200, int(NOON * 1000)),
+    ]
