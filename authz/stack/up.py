@@ -326,7 +326,8 @@ class Stack:
         lines = [
             "openai-relay is up:",
             f"  relay      {base}/api/openai/  ->  {self.settings.upstream_url}",
-            f"  authz      grpc {format_addr(self.settings.grpc_addr)}",
+            f"  authz      grpc {format_addr(self.settings.grpc_addr)}  (ext_authz, and the "
+            f"Admin API: {authz} usage watch --grpc {format_addr(self.settings.grpc_addr)})",
             *([f"  metrics    http://{format_addr(metrics)}/metrics  (and /readyz, /admin/*)"]
               if metrics else []),
             f"  envoy      admin http://{format_addr(self.admin)}",

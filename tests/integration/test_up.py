@@ -2,6 +2,7 @@
 and printed, addresses in use refused in one line, the run folder cleaned, the printed
 commands runnable as pasted, Vault problems named before the banner, IPv6 loopback."""
 
+import json
 import os
 import re
 import signal
@@ -126,7 +127,7 @@ def test_up_removes_its_run_folder_and_keeps_logs_only_when_asked(start_up, tmp_
     assert (kept / "envoy.log").is_file()
 
 
-def test_the_printed_commands_work_as_pasted(start_up, upstream):
+def test_the_printed_commands_work_as_pasted(start_up, upstream, tmp_path):
     # A new user's shell: the venv's bin directory is not on PATH.
     shell_path = "/usr/bin:/bin"
     running = start_up({"PATH": shell_path})
@@ -139,6 +140,22 @@ def test_the_printed_commands_work_as_pasted(start_up, upstream):
     assert "command not found" not in pasted.stderr
     assert '"object"' in pasted.stdout  # the models list, through the relay
     assert upstream.requests[-1].header("authorization") == "Bearer sk-..."
+    # The Admin API's command as printed: it sees the next request metered.
+    watch = re.search(r"Admin API: (.+ usage watch --grpc \S+)\)$", text, re.MULTILINE)
+    assert watch, text
+    (curl,) = [line.strip() for line in block.splitlines() if line.strip().startswith("curl")]
+    out, err = tmp_path / "watch.out", tmp_path / "watch.err"
+    script += (f"\n{watch.group(1)} --count 1 --json > {out} 2> {err} &"
+               f"\nuntil grep -q watching {err}; do sleep 0.05; done"  # the watch is in place
+               f"\n{curl} > /dev/null\nwait $!")
+    watched = subprocess.run(["bash", "-c", script], env={"PATH": shell_path},
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert watched.returncode == 0, script + "\n" + watched.stderr
+    (line,) = out.read_text().splitlines()
+    event = json.loads(line)
+    assert event["client_id"] == "my-tenant"
+    assert event["user"].startswith("ck_")
+    assert event["status"] == 200
 
 
 def test_up_fails_before_the_banner_when_vault_is_unreachable(up_env):
