@@ -294,6 +294,10 @@ class Settings:
                          "Vault will refuse every read (set VAULT_TOKEN, or AUTHZ_VAULT_AUTH)")
         firebase_served = bool(self.firebase_project_id) and not (
             self.firebase_emulator_mode or self.firebase_check_revoked)
+        if not is_loopback_host(self.grpc_addr[0]):
+            found.append(f"AUTHZ_GRPC_ADDR {format_addr(self.grpc_addr)} is not loopback: "
+                         "whoever reaches it with a user's token can call Check and read the "
+                         "tenant's key in its answer; keep it where only Envoy can reach it")
         if self.fast_path and not firebase_served and not self.oidc_issuers:
             found.append("AUTHZ_FAST_PATH=on serves Firebase ID and OIDC tokens only, and "
                          "Firebase's not with the emulator or AUTHZ_FIREBASE_CHECK_REVOKED: "

@@ -19,7 +19,12 @@ import grpc
 
 from authz.api.openai_relay.admin.v1 import admin_pb2, admin_pb2_grpc
 from authz.governance.model import Metered
-from authz.governance.usage_feed import MAX_PENDING, UsageFeed, WatchOverflow
+from authz.governance.usage_feed import (
+    MAX_PENDING,
+    TooManyWatchers,
+    UsageFeed,
+    WatchOverflow,
+)
 from authz.tenants.client_id import is_valid_client_id
 
 if TYPE_CHECKING:  # the fast path's modules load only when it is on
@@ -133,16 +138,19 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         if request.max_pending > MAX_PENDING:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"max_pending is at most {MAX_PENDING}")
-        with self._feed.watch(client_id, request.max_pending or MAX_PENDING) as watcher:
-            # The response headers tell the client the watch is in place: events from
-            # here on are its.
-            await context.send_initial_metadata(())
-            while True:
-                try:
-                    event = await watcher.next()
-                except WatchOverflow as exc:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-                yield usage_event(event)
+        try:
+            with self._feed.watch(client_id, request.max_pending or MAX_PENDING) as watcher:
+                # The response headers tell the client the watch is in place: events from
+                # here on are its.
+                await context.send_initial_metadata(())
+                while True:
+                    try:
+                        event = await watcher.next()
+                    except WatchOverflow as exc:
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                    yield usage_event(event)
+        except TooManyWatchers as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
     async def InvalidateCache(self, request: admin_pb2.InvalidateCacheRequest,
                               context: Context) -> admin_pb2.InvalidateCacheResponse:

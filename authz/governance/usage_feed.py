@@ -19,6 +19,13 @@ from authz.governance.model import Metered
 
 #: The most events one watcher may hold (and its default).
 MAX_PENDING = 10_000
+#: The most watchers at once: each may hold MAX_PENDING events (a few MB).
+MAX_WATCHERS = 32
+
+
+class TooManyWatchers(Exception):
+    def __init__(self) -> None:
+        super().__init__(f"{MAX_WATCHERS} usage watchers already: try again later")
 
 
 class WatchOverflow(Exception):
@@ -77,6 +84,8 @@ class UsageFeed:
         """A watcher for the block's duration (removed however the block ends)."""
         if not 0 < max_pending <= MAX_PENDING:
             raise ValueError(f"max_pending must be 1..{MAX_PENDING}")
+        if len(self._watchers) >= MAX_WATCHERS:
+            raise TooManyWatchers
         watcher = Watcher(client_id, max_pending)
         self._watchers.add(watcher)
         try:

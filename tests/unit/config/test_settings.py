@@ -160,11 +160,14 @@ def test_fast_path_serves_its_config_on_loopback_only():
         with pytest.raises(ConfigError, match="AUTHZ_FAST_PATH=on needs a loopback "
                                               "AUTHZ_GRPC_ADDR"):
             Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on", "AUTHZ_GRPC_ADDR": addr})
-        # Off, the address is the operator's choice, as before.
-        assert Settings.from_env({**BASE, "AUTHZ_GRPC_ADDR": addr}).fast_path is False
+        # Off, the address is the operator's choice, as before, with a warning: Check's
+        # answer carries the tenant's key.
+        (warning,) = Settings.from_env({**BASE, "AUTHZ_GRPC_ADDR": addr}).warnings()
+        assert warning.startswith(f"AUTHZ_GRPC_ADDR {addr} is not loopback: ")
     for addr in ("127.0.0.1:9001", "127.0.0.2:9001", "[::1]:9001", "localhost:9001"):
-        assert Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on",
-                                  "AUTHZ_GRPC_ADDR": addr}).fast_path is True
+        loopback = Settings.from_env({**BASE, "AUTHZ_FAST_PATH": "on", "AUTHZ_GRPC_ADDR": addr})
+        assert loopback.fast_path is True
+        assert loopback.warnings() == []
 
 
 def test_fast_path_that_can_serve_nothing_is_warned_about():

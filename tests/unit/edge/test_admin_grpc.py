@@ -14,7 +14,12 @@ from authz.api.openai_relay.admin.v1 import admin_pb2
 from authz.edge.admin_grpc import AdminServicer, is_local_peer
 from authz.fastpath.xds import FastPathState
 from authz.governance.model import Metered
-from authz.governance.usage_feed import MAX_PENDING, UsageFeed, WatchOverflow
+from authz.governance.usage_feed import (
+    MAX_PENDING,
+    MAX_WATCHERS,
+    UsageFeed,
+    WatchOverflow,
+)
 
 T = TypeVar("T")
 LOCAL = "ipv4:127.0.0.1:40000"
@@ -271,3 +276,39 @@ def test_fast_path_status_off_and_on() -> None:
         enabled=True, version=7, pushes=9, envoy_streams=1, tenants=120, budgets_used_up=2,
         issuer_keys={"firebase": 2, "oidc0": 1}, config_bytes=81_234,
         updated_at_ms=1_770_000_000_000, vault_failing=True)
+
+
+def test_watchers_are_bounded() -> None:
+    fixture = Fixture()
+
+    async def scenario() -> Aborted:
+        streams = []
+        for _ in range(MAX_WATCHERS):
+            context = Context()
+            stream = fixture.servicer.WatchUsage(admin_pb2.WatchUsageRequest(), context)
+            streams.append((stream, asyncio.ensure_future(stream.__anext__())))
+            await context.headers_sent.wait()
+        assert fixture.feed.watchers == MAX_WATCHERS
+        with pytest.raises(Aborted) as caught:
+            await fixture.servicer.WatchUsage(admin_pb2.WatchUsageRequest(),
+                                              Context()).__anext__()
+        # One ends: there is room for the next.
+        stream, pending = streams.pop()
+        pending.cancel()
+        await asyncio.gather(pending, return_exceptions=True)
+        await stream.aclose()
+        assert fixture.feed.watchers == MAX_WATCHERS - 1
+        context = Context()
+        extra = fixture.servicer.WatchUsage(admin_pb2.WatchUsageRequest(), context)
+        streams.append((extra, asyncio.ensure_future(extra.__anext__())))
+        await context.headers_sent.wait()
+        for stream, pending in streams:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+            await stream.aclose()
+        assert fixture.feed.watchers == 0
+        return caught.value
+
+    refused = run(scenario())
+    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(refused) == f"{MAX_WATCHERS} usage watchers already: try again later"
