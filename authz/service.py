@@ -41,6 +41,7 @@ from authz.tenants.vault_login import token_provider
 if TYPE_CHECKING:
     from authz.fastpath.xds import FastPathControl
     from authz.governance.redis_store import RedisStore
+    from authz.governance.usage_relay import RedisUsageRelay
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,13 @@ class AuthzService:
             limiter=self.limiter,
         )
         self.access_log = AccessLogServicer(self.limiter.settle_nowait)
-        # Every metered request, for the Admin API's watchers.
+        # Every metered request, for the Admin API's watchers (and, with Redis, for
+        # every other replica's).
         self.usage_feed = UsageFeed()
         self.limiter.listeners.append(self.usage_feed.publish)
+        self.usage_relay = _usage_relay(settings, self.usage_feed)
+        if self.usage_relay is not None:
+            self.limiter.listeners.append(self.usage_relay.publish)
         self.encoder = ResponseEncoder()
         self.vault_pinged = False
         self.in_flight = 0
@@ -293,6 +298,8 @@ async def serve(settings: Settings) -> None:
     # answer 500 until certs arrive, the refresher keeps trying, health says NOT_SERVING).
     await service.tokens.start()
     await service.limiter.start()
+    if service.usage_relay is not None:
+        await service.usage_relay.start()
     service.vault.start_token_renewal()
     if fast_path is not None:
         fast_path.start()
@@ -320,12 +327,22 @@ async def serve(settings: Settings) -> None:
     await server.stop(grace_s)
     await service.tokens.stop()
     await service.limiter.close()
+    if service.usage_relay is not None:
+        await service.usage_relay.close()
     await service.vault.stop_token_renewal()
     if admin is not None:
         admin.stop()
     with contextlib.suppress(Exception):
         service.keys.close()
     log.info("authz stopped")
+
+
+def _usage_relay(settings: Settings, feed: UsageFeed) -> RedisUsageRelay | None:
+    if not settings.redis_url:
+        return None
+    from authz.governance.usage_relay import RedisUsageRelay
+
+    return RedisUsageRelay(settings.redis_url, feed)
 
 
 def _redis_store(settings: Settings) -> RedisStore | None:

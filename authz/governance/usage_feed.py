@@ -69,10 +69,15 @@ class Watcher:
 class UsageFeed:
     def __init__(self) -> None:
         self._watchers: set[Watcher] = set()
+        self._watched = asyncio.Event()  # set while anyone watches
 
     @property
     def watchers(self) -> int:
         return len(self._watchers)
+
+    async def watched(self) -> None:
+        """Returns once someone watches (at once if someone does)."""
+        await self._watched.wait()
 
     def publish(self, event: Metered) -> None:
         for watcher in self._watchers:
@@ -88,7 +93,10 @@ class UsageFeed:
             raise TooManyWatchers
         watcher = Watcher(client_id, max_pending)
         self._watchers.add(watcher)
+        self._watched.set()
         try:
             yield watcher
         finally:
             self._watchers.discard(watcher)
+            if not self._watchers:
+                self._watched.clear()

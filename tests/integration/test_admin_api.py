@@ -5,6 +5,7 @@ path's state, and `authz usage watch`. Runs in both modes (RELAY_TEST_FAST_PATH)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
@@ -23,6 +24,7 @@ from tests.integration.conftest import FAST_PATH
 from tests.integration.test_usage import usage, wait_for_requests
 from tests.support.authz_cli import seconds_until
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.redis import RedisServer
 from tests.support.relay import RelayStack
 from tests.support.vault import BaoDevServer
 
@@ -217,3 +219,42 @@ def test_usage_watch_command_prints_one_json_line_per_request(
          "--count", "1"], capture_output=True, text=True, timeout=60, check=False)
     assert nobody.returncode == 3
     assert "cannot watch usage on 127.0.0.1:1" in nobody.stderr
+
+
+def test_with_redis_a_watch_on_one_replica_sees_every_replicas_requests(
+        make_relay: Callable[..., RelayStack], token_for: Callable[..., str],
+        redis_server: RedisServer) -> None:
+    env = {"AUTHZ_REDIS_URL": redis_server.url}
+    first, second = make_relay(env), make_relay(env)
+    with grpc.insecure_channel(f"127.0.0.1:{second.authz_port}") as channel:
+        watch = Watch(admin_pb2_grpc.AdminStub(channel), "acme")
+        try:
+            # The first replica publishes once its probe (every second) has seen a
+            # subscriber: requests through it until one of them reaches the watch.
+            deadline = time.monotonic() + 10
+            while True:
+                chat(first, token_for("acme", "warm-up"))
+                try:
+                    watch.next(timeout=0.5)
+                    break
+                except queue.Empty:
+                    assert time.monotonic() < deadline, "no event of the first replica"
+            checked = ["via-first", "via-second", "via-first-again"]
+            for relay, user in zip((first, second, first), checked, strict=True):
+                chat(relay, token_for("acme", user))
+            # Until each has come, then a quiet while (a request is metered within 1 s
+            # of its end, its batch published within 50 ms): any copy would show.
+            seen: list[str] = []
+            deadline = time.monotonic() + 5
+            while not set(checked) <= set(seen) and time.monotonic() < deadline:
+                with contextlib.suppress(queue.Empty):
+                    seen.append(watch.next(timeout=0.2).user)
+            quiet_until = time.monotonic() + 1.5
+            while time.monotonic() < quiet_until:
+                with contextlib.suppress(queue.Empty):
+                    seen.append(watch.next(timeout=0.2).user)
+            # Each request once: the second replica's own are not echoed back to it (the
+            # warm-up's requests may still trickle in: not counted).
+            assert sorted(u for u in seen if u != "warm-up") == sorted(checked)
+        finally:
+            watch.close()

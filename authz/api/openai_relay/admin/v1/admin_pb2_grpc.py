@@ -67,8 +67,10 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchUsage(self, request, context):
-        """Every request this replica meters, as it is metered (within 1 s of its end), for
-        billing exports and dashboards. Events are not replayed: a watcher sees what is
+        """Every request metered, as it is metered (within 1 s of its end), for billing
+        exports and dashboards: this replica's, and with AUTHZ_REDIS_URL every other
+        replica's too (through Redis pub/sub, from about 1 s after the watch starts; best
+        effort while Redis is down). Events are not replayed: a watcher sees what is
         metered once the response headers (initial metadata) have arrived. One that falls
         behind by more than `max_pending` events is ended with RESOURCE_EXHAUSTED (it has
         missed some; GetUsage has the totals).

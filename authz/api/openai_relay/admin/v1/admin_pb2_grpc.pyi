@@ -43,8 +43,10 @@ class AdminStub:
     GetUsage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.Usage]
     """Today's metered usage of one tenant: the same report as GET /admin/usage."""
     WatchUsage: _grpc.UnaryStreamMultiCallable[_admin_pb2.WatchUsageRequest, _admin_pb2.UsageEvent]
-    """Every request this replica meters, as it is metered (within 1 s of its end), for
-    billing exports and dashboards. Events are not replayed: a watcher sees what is
+    """Every request metered, as it is metered (within 1 s of its end), for billing
+    exports and dashboards: this replica's, and with AUTHZ_REDIS_URL every other
+    replica's too (through Redis pub/sub, from about 1 s after the watch starts; best
+    effort while Redis is down). Events are not replayed: a watcher sees what is
     metered once the response headers (initial metadata) have arrived. One that falls
     behind by more than `max_pending` events is ended with RESOURCE_EXHAUSTED (it has
     missed some; GetUsage has the totals).
@@ -60,8 +62,10 @@ class AdminAsyncStub(AdminStub):
     GetUsage: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.Usage]  # type: ignore[assignment]
     """Today's metered usage of one tenant: the same report as GET /admin/usage."""
     WatchUsage: _aio.UnaryStreamMultiCallable[_admin_pb2.WatchUsageRequest, _admin_pb2.UsageEvent]  # type: ignore[assignment]
-    """Every request this replica meters, as it is metered (within 1 s of its end), for
-    billing exports and dashboards. Events are not replayed: a watcher sees what is
+    """Every request metered, as it is metered (within 1 s of its end), for billing
+    exports and dashboards: this replica's, and with AUTHZ_REDIS_URL every other
+    replica's too (through Redis pub/sub, from about 1 s after the watch starts; best
+    effort while Redis is down). Events are not replayed: a watcher sees what is
     metered once the response headers (initial metadata) have arrived. One that falls
     behind by more than `max_pending` events is ended with RESOURCE_EXHAUSTED (it has
     missed some; GetUsage has the totals).
@@ -86,8 +90,10 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.WatchUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_admin_pb2.UsageEvent], _abc.AsyncIterator[_admin_pb2.UsageEvent]]:
-        """Every request this replica meters, as it is metered (within 1 s of its end), for
-        billing exports and dashboards. Events are not replayed: a watcher sees what is
+        """Every request metered, as it is metered (within 1 s of its end), for billing
+        exports and dashboards: this replica's, and with AUTHZ_REDIS_URL every other
+        replica's too (through Redis pub/sub, from about 1 s after the watch starts; best
+        effort while Redis is down). Events are not replayed: a watcher sees what is
         metered once the response headers (initial metadata) have arrived. One that falls
         behind by more than `max_pending` events is ended with RESOURCE_EXHAUSTED (it has
         missed some; GetUsage has the totals).
