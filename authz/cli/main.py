@@ -8,6 +8,7 @@ import sys
 from importlib import metadata
 
 from authz.cli import cache as cache_cli
+from authz.cli import fastpath as fastpath_cli
 from authz.cli import keys as keys_cli
 from authz.cli import tenant as tenant_cli
 from authz.cli import usage as usage_cli
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.add_parser(commands)
     users_cli.add_parser(commands)
     cache_cli.add_parser(commands)
+    fastpath_cli.add_parser(commands)
     usage_cli.add_parser(commands)
     return parser
 

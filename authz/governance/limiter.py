@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from authz.errors import RateLimitExceeded, TokenBudgetExhausted
+from authz.governance.cancelling import cancelling
 from authz.governance.counters import (
     AdmitRequest,
     Counts,
@@ -183,6 +184,7 @@ class GovernanceLimiter:
         self._pending: deque[Settlement] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._lease_prefix = os.urandom(4).hex()
         self._lease_seq = 0
         # Admitting without waiting for Redis (see the module doc).
@@ -204,11 +206,13 @@ class GovernanceLimiter:
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         if self.redis is not None and not self._tasks:
+            self._closing = False
             self._wake = asyncio.Event()
             self._tasks = [asyncio.ensure_future(self._flusher()),
                            asyncio.ensure_future(self._prober())]
 
     async def close(self) -> None:
+        self._closing = True  # the loops end at their next turn even if a cancel was lost
         for task in list(self._record_tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -429,11 +433,13 @@ class GovernanceLimiter:
             tenant.counts.tenant_tokens += delta
 
     async def _flusher(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending and self.redis_up:
+            while self._pending and self.redis_up and not self._closing:
                 await self._flush_once(BATCH)
+                if cancelling():  # redis-py may have swallowed it (cancelling.py)
+                    raise asyncio.CancelledError
             await asyncio.sleep(self._flush_interval_s)  # let the next batch gather
 
     async def _flush_once(self, count: int) -> None:
@@ -460,14 +466,18 @@ class GovernanceLimiter:
 
     async def _prober(self) -> None:
         assert self.redis is not None
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._probe_interval_s)
             if self.redis_up:
                 continue
             try:
                 await self.redis.ping()
-            except Exception:  # noqa: S112 - still down; the next probe retries
+            except Exception:  # still down; the next probe retries
+                if cancelling():  # redis-py may have turned it into this (cancelling.py)
+                    raise asyncio.CancelledError from None
                 continue
+            if cancelling():
+                raise asyncio.CancelledError
             self.redis_up = True
             self.events.store_up(True)
             log.warning("redis is back: counting in redis again",

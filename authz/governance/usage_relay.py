@@ -25,6 +25,7 @@ from typing import Any
 
 from redis import asyncio as aioredis
 
+from authz.governance.cancelling import cancelling
 from authz.governance.model import Metered
 from authz.governance.usage_feed import UsageFeed
 
@@ -36,15 +37,6 @@ FLUSH_S = 0.05
 PROBE_S = 1.0
 #: Events held for publishing at most; beyond, the oldest are dropped (Redis is slow).
 MAX_BATCH = 10_000
-
-
-def _cancelled() -> bool:
-    """Whether this task is being cancelled. redis-py can turn the CancelledError of a
-    call it was in into an error of its own, or swallow it (its timeouts uncancel): a
-    loop asks this after each call, or a cancelled task would go on (seen in tests:
-    close() then waited forever)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _encode(replica: str, events: list[Metered]) -> str:
@@ -135,7 +127,7 @@ class RedisUsageRelay:
                 self.published += len(batch)
                 self._ok()
             except Exception as exc:
-                if _cancelled():
+                if cancelling():
                     raise asyncio.CancelledError from exc
                 self._failed("publish", exc)  # that batch is lost (best effort)
 
@@ -147,7 +139,7 @@ class RedisUsageRelay:
                 self._others_watch = subscribers > (1 if self._subscribed else 0)
                 self._ok()
             except Exception as exc:
-                if _cancelled():
+                if cancelling():
                     raise asyncio.CancelledError from exc
                 self._others_watch = False
                 self._failed("probe", exc)
@@ -159,7 +151,7 @@ class RedisUsageRelay:
             try:
                 await self._follow()
             except Exception as exc:
-                if _cancelled():
+                if cancelling():
                     raise asyncio.CancelledError from exc
                 self._failed("subscribe", exc)
                 await asyncio.sleep(self._probe_s)

@@ -133,9 +133,20 @@ def test_get_usage_is_the_admin_usage_report(
 def test_fast_path_status_says_what_envoy_was_sent(
         relay: RelayStack, admin: admin_pb2_grpc.AdminStub) -> None:
     status = admin.GetFastPathStatus(admin_pb2.GetFastPathStatusRequest(), timeout=5)
+    shown = subprocess.run(
+        [sys.executable, "-m", "authz", "fastpath", "status", "--json", "--grpc",
+         f"127.0.0.1:{relay.authz_port}"], capture_output=True, text=True, timeout=60,
+        check=False)
+    printed = json.loads(shown.stdout)
+    assert printed["enabled"] is status.enabled
     if not FAST_PATH:
         assert status == admin_pb2.FastPathStatus(enabled=False)
+        assert shown.returncode == 1  # off: nothing is decided in Envoy
         return
+    assert shown.returncode == 0, shown.stderr
+    assert printed["tenants"] == status.tenants
+    assert printed["issuer_keys"] == dict(status.issuer_keys)
+    assert printed["envoy_streams"] == 1
     assert status.enabled
     assert status.version >= 1
     assert status.pushes >= 1
