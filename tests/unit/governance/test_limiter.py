@@ -354,3 +354,40 @@ def test_listeners_are_told_each_request_as_charged(clock: Clock) -> None:
         Metered("acme", "u1", "2026-12-04", 7, 5, 200, int(NOON * 1000)),
         Metered("acme", "u2", "2026-12-04", 3, 3, 200, int(NOON * 1000)),
     ]
+
+
+class _SwallowingStore:
+    """Stands in for a RedisStore whose client loses a cancellation while it pings (as
+    redis-py's timeouts can): it turns it into an error, or returns as if nothing
+    happened."""
+
+    def __init__(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.pinging = asyncio.Event()
+
+    async def ping(self) -> bool:
+        self.pinging.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            if self.outcome == "error":
+                raise ConnectionError("redis connection lost") from None
+            return True
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("outcome", ["error", "returns"])
+def test_close_ends_the_redis_loops_even_when_the_client_loses_the_cancel(
+        outcome: str) -> None:
+    async def scenario() -> None:
+        store = _SwallowingStore(outcome)
+        limiter = GovernanceLimiter(store, probe_interval_s=0.01)  # type: ignore[arg-type]
+        limiter.redis_up = False  # the prober pings until Redis answers
+        await limiter.start()
+        await asyncio.wait_for(store.pinging.wait(), 2)
+        await asyncio.wait_for(limiter.close(), 2)  # without the fix: forever
+
+    run(scenario())
