@@ -44,6 +44,7 @@ from authz.errors import VaultUnavailable
 from authz.fastpath.governance_lua import Exhausted
 from authz.fastpath.resources import FastIssuer, FastTenant, build_resources
 from authz.fastpath.tenants import TenantSource
+from authz.governance.cancelling import cancel_and_wait
 from authz.governance.model import Limits
 
 log = logging.getLogger(__name__)
@@ -363,11 +364,7 @@ class FastPathControl:
                            asyncio.ensure_future(self.run_renewals())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
 

@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from authz.errors import RateLimitExceeded, TokenBudgetExhausted
-from authz.governance.cancelling import cancelling
+from authz.governance.cancelling import cancel_and_wait, cancelling
 from authz.governance.counters import (
     AdmitRequest,
     Counts,
@@ -216,11 +216,7 @@ class GovernanceLimiter:
         for task in list(self._record_tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self.redis is not None:
             if self.redis_up:

@@ -17,7 +17,6 @@ different databases do not hear each other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from typing import Any
 
 from redis import asyncio as aioredis
 
-from authz.governance.cancelling import cancelling
+from authz.governance.cancelling import cancel_and_wait, cancelling
 from authz.governance.model import Metered
 from authz.governance.usage_feed import UsageFeed
 
@@ -95,11 +94,7 @@ class RedisUsageRelay:
 
     async def close(self) -> None:
         self._closing = True  # loops end at their next turn even if a cancel was swallowed
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         await self._client.aclose()
 
