@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from authz.cli.common import UsageError, default_admin_addr, fail
+from authz.cli.common import UsageError, default_admin_addr, default_grpc_addr, fail
 from authz.tenants.client_id import validate_client_id
 
 EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_MISSED = 0, 2, 3, 4
@@ -94,7 +94,6 @@ def run_watch(args: argparse.Namespace) -> int:
     import grpc
 
     from authz.api.openai_relay.admin.v1 import admin_pb2, admin_pb2_grpc
-    from authz.cli.common import default_grpc_addr
 
     try:
         client_id = validate_client_id(args.client_id) if args.client_id else ""

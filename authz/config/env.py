@@ -79,13 +79,18 @@ def format_addr(addr: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def is_loopback_ip(text: str) -> bool:
+    """Whether text is an IP address (no brackets, no name) on the loopback network."""
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
+
+
 def is_loopback_host(host: str) -> bool:
     if host.lower() in ("localhost", "localhost."):
         return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_ip(host.strip("[]"))
 
 
 def require_https_off_loopback(name: str, url: str) -> None:

@@ -9,7 +9,6 @@ deployment, so a peer from elsewhere means a misconfiguration, not an operator.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 
 from authz.api.openai_relay.admin.v1 import admin_pb2, admin_pb2_grpc
+from authz.config.env import is_loopback_ip
 from authz.governance.model import Metered
 from authz.governance.usage_feed import (
     MAX_PENDING,
@@ -56,10 +56,7 @@ def is_local_peer(peer: str) -> bool:
         host = rest.rpartition(":")[0].strip("[]").split("%")[0]
     else:
         return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_ip(host)
 
 
 def _tokens(numbers: dict[str, Any]) -> admin_pb2.Tokens:
