@@ -19,6 +19,13 @@ def cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def stop_if_cancelling() -> None:
+    """Raise CancelledError when this task is being cancelled: after a store call that
+    may have lost the cancel (returned, or raised an error of its own instead)."""
+    if cancelling():
+        raise asyncio.CancelledError
+
+
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[None]]) -> None:
     """Cancel every task, then wait for each to end (at shutdown: how one ended, by the
     cancel or by an error, no longer matters)."""

@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from authz.errors import RateLimitExceeded, TokenBudgetExhausted
-from authz.governance.cancelling import cancel_and_wait, cancelling
+from authz.governance.cancelling import cancel_and_wait, stop_if_cancelling
 from authz.governance.counters import (
     AdmitRequest,
     Counts,
@@ -434,8 +434,7 @@ class GovernanceLimiter:
             self._wake.clear()
             while self._pending and self.redis_up and not self._closing:
                 await self._flush_once(BATCH)
-                if cancelling():  # redis-py may have swallowed it (cancelling.py)
-                    raise asyncio.CancelledError
+                stop_if_cancelling()  # redis-py may have lost the cancel (cancelling.py)
             await asyncio.sleep(self._flush_interval_s)  # let the next batch gather
 
     async def _flush_once(self, count: int) -> None:
@@ -469,11 +468,9 @@ class GovernanceLimiter:
             try:
                 await self.redis.ping()
             except Exception:  # still down; the next probe retries
-                if cancelling():  # redis-py may have turned it into this (cancelling.py)
-                    raise asyncio.CancelledError from None
+                stop_if_cancelling()  # redis-py may have turned it into this (cancelling.py)
                 continue
-            if cancelling():
-                raise asyncio.CancelledError
+            stop_if_cancelling()
             self.redis_up = True
             self.events.store_up(True)
             log.warning("redis is back: counting in redis again",

@@ -20,11 +20,13 @@ import asyncio
 import json
 import logging
 import os
+from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from redis import asyncio as aioredis
 
-from authz.governance.cancelling import cancel_and_wait, cancelling
+from authz.governance.cancelling import cancel_and_wait, stop_if_cancelling
 from authz.governance.model import Metered
 from authz.governance.usage_feed import UsageFeed
 
@@ -38,7 +40,7 @@ PROBE_S = 1.0
 MAX_BATCH = 10_000
 
 
-def _encode(replica: str, events: list[Metered]) -> str:
+def _encode(replica: str, events: Iterable[Metered]) -> str:
     return json.dumps({"replica": replica, "events": [
         [e.client_id, e.user, e.day, e.input_tokens, e.output_tokens, e.status, e.at_ms]
         for e in events]}, separators=(",", ":"))
@@ -66,7 +68,7 @@ class RedisUsageRelay:
         self._feed = feed
         self._flush_s = flush_s
         self._probe_s = probe_s
-        self._batch: list[Metered] = []
+        self._batch: deque[Metered] = deque(maxlen=MAX_BATCH)
         self._wake = asyncio.Event()
         self._others_watch = False
         self._subscribed = False
@@ -74,16 +76,13 @@ class RedisUsageRelay:
         self._failing = False
         self._closing = False
         self.published = 0
-        self.received = 0
 
     def publish(self, event: Metered) -> None:
         """A request this replica metered (a limiter listener): queued for the others'
         watchers, if any."""
         if not self._others_watch:
             return
-        if len(self._batch) >= MAX_BATCH:
-            del self._batch[0]
-        self._batch.append(event)
+        self._batch.append(event)  # bounded: the oldest drop out (Redis is slow)
         self._wake.set()
 
     async def start(self) -> None:
@@ -114,7 +113,7 @@ class RedisUsageRelay:
             await self._wake.wait()
             await asyncio.sleep(self._flush_s)  # gathers a burst into one message
             self._wake.clear()
-            batch, self._batch = self._batch, []
+            batch, self._batch = self._batch, deque(maxlen=MAX_BATCH)
             if not batch:
                 continue
             try:
@@ -122,8 +121,7 @@ class RedisUsageRelay:
                 self.published += len(batch)
                 self._ok()
             except Exception as exc:
-                if cancelling():
-                    raise asyncio.CancelledError from exc
+                stop_if_cancelling()
                 self._failed("publish", exc)  # that batch is lost (best effort)
 
     async def _prober(self) -> None:
@@ -134,8 +132,7 @@ class RedisUsageRelay:
                 self._others_watch = subscribers > (1 if self._subscribed else 0)
                 self._ok()
             except Exception as exc:
-                if cancelling():
-                    raise asyncio.CancelledError from exc
+                stop_if_cancelling()
                 self._others_watch = False
                 self._failed("probe", exc)
             await asyncio.sleep(self._probe_s)
@@ -146,8 +143,7 @@ class RedisUsageRelay:
             try:
                 await self._follow()
             except Exception as exc:
-                if cancelling():
-                    raise asyncio.CancelledError from exc
+                stop_if_cancelling()
                 self._failed("subscribe", exc)
                 await asyncio.sleep(self._probe_s)
             finally:
@@ -170,7 +166,6 @@ class RedisUsageRelay:
                     continue
                 if replica == self.replica:
                     continue
-                self.received += len(events)
                 for event in events:
                     self._feed.publish(event)
         finally:
