@@ -21,6 +21,7 @@ import pytest
 
 from authz.api.openai_relay.admin.v1 import admin_pb2, admin_pb2_grpc
 from tests.integration.conftest import FAST_PATH
+from tests.integration.test_governance_limits import CHAT, sdk
 from tests.integration.test_usage import usage, wait_for_requests
 from tests.support.authz_cli import seconds_until
 from tests.support.fake_openai import FakeOpenAI
@@ -69,10 +70,7 @@ class Watch:
 
 def chat(relay: RelayStack, token: str) -> openai.types.chat.ChatCompletion:
     with httpx.Client(timeout=30) as http:
-        client = openai.OpenAI(base_url=relay.api_base, api_key=token, http_client=http,
-                               max_retries=0)
-        return client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        return sdk(relay, http, token).chat.completions.create(**CHAT)
 
 
 def test_watch_streams_each_metered_request_of_its_tenant_within_1s(
