@@ -60,10 +60,8 @@ def generate(into: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("gen_protos: protoc failed")
-    written = []
-    for path in sorted((into / PACKAGE_ROOT).rglob("*")):
-        if path.is_file():
-            written.append(path.relative_to(into))
+    # What protoc wrote (not whatever else is there, such as __pycache__ folders).
+    written = sorted(_generated(into))
     # Every folder on the way is a package.
     for folder in {p.parent for p in written}:
         package = folder
