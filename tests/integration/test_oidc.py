@@ -103,10 +103,12 @@ def test_the_relay_follows_the_issuers_key_rotation(relay_with_oidc, issuer, ups
     assert call(relay_with_oidc, old_token).status_code == 200  # both valid meanwhile
 
     # The issuer retires the old key. A token the relay has already verified stays cached
-    # until its exp; one it has not seen, signed with the retired key, is refused once the
-    # relay's background refresh has taken the key out (the second fetch after removal
-    # proves the first one was applied).
-    unseen = keys.mint("bob", kid=old, clientId="acme")
+    # for AUTHZ_IDENTITY_CACHE_TTL (5 min here); one it has not seen, signed with the
+    # retired key, is refused once the relay's background refresh has taken the key out
+    # (the second fetch after removal proves the first one was applied). RS256 signatures
+    # are deterministic, so the subject is one no other test mints: "bob" for acme, minted
+    # by the first test in the same second, was the very token the relay had cached.
+    unseen = keys.mint("rotation-unseen", kid=old, clientId="acme")
     keys.remove_key(old)
     fetched = server.fetch_count
     elapsed = seconds_until(lambda: server.fetch_count >= fetched + 2, timeout=15)
